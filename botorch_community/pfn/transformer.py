@@ -1,0 +1,395 @@
+#!/usr/bin/env python3
+r"""A PFN transformer whose training context can be encoded once and cached.
+
+One token per data row (PFNs4BO style). Training tokens are the sum of an x-encoding
+and a y-encoding; test tokens carry the x-encoding only. A learned context token is
+prepended to every training set, so an empty training set (`n = 0`) is valid and yields
+the prior predictive.
+
+Attention pattern: every token (training or test) attends to the training tokens (and
+the context token) only. Test tokens never see each other, so each test prediction is
+independent of which other test points share its batch, and the training tokens' keys
+and values at each layer do not depend on the test tokens: that is what
+:class:`~botorch_community.pfn.kv_cache.KVCache` stores. No `(n + m) x (n + m)` mask is
+ever built: the "mask" is simply that keys and values are taken from the context rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn, Tensor
+
+from botorch_community.pfn.kv_cache import KVCache
+
+
+def default_borders(num_buckets: int, bound: float = 6.0) -> Tensor:
+    r"""Equal-mass bucket borders of a standard normal, with the outer borders at
+    `+-bound`.
+
+    Returns:
+        A `(num_buckets + 1)`-dim tensor of increasing borders.
+    """
+    probs = torch.linspace(0.0, 1.0, num_buckets + 1, dtype=torch.float64)[1:-1]
+    inner = torch.distributions.Normal(0.0, 1.0).icdf(probs)
+    inner = inner.clamp(-bound + 1e-3, bound - 1e-3)
+    edges = torch.tensor([-bound], dtype=torch.float64), torch.tensor(
+        [bound], dtype=torch.float64
+    )
+    return torch.cat([edges[0], inner, edges[1]]).float()
+
+
+class PFNLayer(nn.Module):
+    r"""A pre-norm transformer layer in which queries attend to given keys/values.
+
+    The layer is split into :meth:`context_kv` (keys and values of the context tokens)
+    and :meth:`attend` (update any tokens by attending to those keys and values), so the
+    same code serves the reference path (context and test tokens together) and the
+    cached path (context keys/values computed once).
+    """
+
+    def __init__(self, emsize: int, nhead: int, nhid: int, dropout: float = 0.0):
+        super().__init__()
+        if emsize % nhead != 0:
+            raise ValueError(f"emsize ({emsize}) must be divisible by nhead ({nhead}).")
+        self.nhead = nhead
+        self.head_dim = emsize // nhead
+        self.norm_attn = nn.LayerNorm(emsize)
+        self.in_proj = nn.Linear(emsize, 3 * emsize)  # q, k, v stacked
+        self.out_proj = nn.Linear(emsize, emsize)
+        self.norm_mlp = nn.LayerNorm(emsize)
+        self.mlp = nn.Sequential(
+            nn.Linear(emsize, nhid), nn.GELU(), nn.Linear(nhid, emsize)
+        )
+        self.dropout = dropout
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        # `B x L x e` -> `B x nhead x L x head_dim`
+        return t.unflatten(-1, (self.nhead, self.head_dim)).transpose(-3, -2)
+
+    def context_kv(self, h_ctx: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Keys and values of context tokens.
+
+        Args:
+            h_ctx: `B x n x e` context token states.
+
+        Returns:
+            Keys and values, each `B x nhead x n x head_dim`.
+        """
+        e = h_ctx.shape[-1]
+        z = self.norm_attn(h_ctx)
+        w_kv, b_kv = self.in_proj.weight[e:], self.in_proj.bias[e:]
+        k, v = F.linear(z, w_kv, b_kv).chunk(2, dim=-1)
+        return self._split_heads(k), self._split_heads(v)
+
+    def attend(self, h: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        r"""Update token states by attending to the given context keys/values.
+
+        Args:
+            h: `B x m x e` token states (queries).
+            keys: `B x nhead x n x head_dim`.
+            values: `B x nhead x n x head_dim`.
+
+        Returns:
+            `B x m x e` updated token states.
+        """
+        e = h.shape[-1]
+        z = self.norm_attn(h)
+        q = self._split_heads(F.linear(z, self.in_proj.weight[:e], self.in_proj.bias[:e]))
+        drop = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, keys, values, dropout_p=drop)
+        a = a.transpose(-3, -2).flatten(-2)  # `B x m x e`
+        h = h + F.dropout(self.out_proj(a), drop, self.training)
+        return h + F.dropout(self.mlp(self.norm_mlp(h)), drop, self.training)
+
+
+class PFNTransformer(nn.Module):
+    r"""A prior-data fitted network over rows `(x, y)` with a cacheable context.
+
+    Example:
+        >>> net = PFNTransformer(num_features=6, emsize=64, nlayers=2, nhead=2,
+        ...                      nhid=128, num_buckets=100)
+        >>> logits = net(train_X, train_Y, test_X)  # reference path
+        >>> cache = net.encode_context(train_X[:1], train_Y[:1])
+        >>> logits_cached = net.predict(test_X, cache)  # same values
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        emsize: int = 256,
+        nlayers: int = 6,
+        nhead: int = 4,
+        nhid: int = 512,
+        num_buckets: int = 1000,
+        borders: Optional[Tensor] = None,
+        dropout: float = 0.0,
+        max_context: Optional[int] = None,
+    ) -> None:
+        r"""
+        Args:
+            num_features: The most input dimensions the network accepts. Inputs with
+                `d < num_features` are zero-padded and rescaled by `num_features / d`.
+            emsize: Token embedding size.
+            nlayers: Number of transformer layers.
+            nhead: Number of attention heads.
+            nhid: Hidden size of each layer's MLP (and of the decoder).
+            num_buckets: Number of buckets of the output bar distribution.
+            borders: `(num_buckets + 1)` increasing bucket borders in the standardised
+                target space. Defaults to equal-mass buckets of a standard normal.
+            dropout: Dropout rate (training only).
+            max_context: The largest training-set size the network was trained on
+                (informational; models warn beyond it). `None` if unknown.
+        """
+        super().__init__()
+        if borders is None:
+            borders = default_borders(num_buckets)
+        borders = torch.as_tensor(borders, dtype=torch.float32)
+        if borders.shape != (num_buckets + 1,):
+            raise ValueError(
+                f"borders must have shape ({num_buckets + 1},), got {tuple(borders.shape)}."
+            )
+        if not bool((borders[1:] > borders[:-1]).all()):
+            raise ValueError("borders must be strictly increasing.")
+        self.config: dict[str, Any] = dict(
+            num_features=num_features,
+            emsize=emsize,
+            nlayers=nlayers,
+            nhead=nhead,
+            nhid=nhid,
+            num_buckets=num_buckets,
+            dropout=dropout,
+            max_context=max_context,
+        )
+        self.num_features = num_features
+        self.num_buckets = num_buckets
+        self.max_context = max_context
+        self.register_buffer("borders", borders)
+        self.x_encoder = nn.Linear(num_features, emsize)
+        self.y_encoder = nn.Linear(1, emsize)
+        # Learned embedding added in place of the y-encoding for a missing target
+        # (pending points enter the context this way).
+        self.nan_y_embedding = nn.Parameter(torch.zeros(emsize))
+        # A learned token always present in the context (also makes n = 0 valid).
+        self.context_token = nn.Parameter(torch.randn(emsize) * 0.02)
+        self.layers = nn.ModuleList(
+            PFNLayer(emsize, nhead, nhid, dropout) for _ in range(nlayers)
+        )
+        self.decoder = nn.Sequential(
+            nn.LayerNorm(emsize),
+            nn.Linear(emsize, nhid),
+            nn.GELU(),
+            nn.Linear(nhid, num_buckets),
+        )
+
+    # ------------------------------------------------------------------ encoders
+    def encode_x(self, X: Tensor) -> Tensor:
+        r"""Embed inputs, zero-padding `d < num_features` and rescaling by
+        `num_features / d`.
+
+        Args:
+            X: `batch_shape x m x d` inputs (expected in the unit cube).
+
+        Returns:
+            `batch_shape x m x emsize` embeddings.
+        """
+        d = X.shape[-1]
+        if d > self.num_features:
+            raise ValueError(
+                f"The inputs have d={d} features but this network supports at most "
+                f"num_features={self.num_features}. Reduce the dimension (e.g. fix or "
+                "embed some parameters) or use a network trained with more features."
+            )
+        if d == 0:
+            return self.x_encoder.bias.expand(*X.shape[:-1], -1)
+        X = X * (self.num_features / d)
+        # Padding with zeros is the same as using only the first d weight columns.
+        return F.linear(X, self.x_encoder.weight[:, :d], self.x_encoder.bias)
+
+    def encode_train(self, train_X: Tensor, train_Y: Tensor) -> Tensor:
+        r"""Training tokens, with the context token prepended.
+
+        Args:
+            train_X: `batch_shape x n x d`.
+            train_Y: `batch_shape x n x 1`; NaN marks a missing target (pending point).
+
+        Returns:
+            `batch_shape x (n + 1) x emsize`.
+        """
+        if train_Y.shape[-1] != 1:
+            raise ValueError(f"train_Y must end in a 1-dim output, got {tuple(train_Y.shape)}.")
+        missing = torch.isnan(train_Y)  # `batch x n x 1`
+        y_enc = self.y_encoder(torch.nan_to_num(train_Y, nan=0.0))
+        y_enc = torch.where(missing, self.nan_y_embedding, y_enc)
+        tokens = self.encode_x(train_X) + y_enc
+        ctx = self.context_token.expand(*tokens.shape[:-2], 1, -1)
+        return torch.cat([ctx, tokens], dim=-2)
+
+    def _cast(self, *tensors: Tensor) -> list[Tensor]:
+        p = self.x_encoder.weight
+        return [t.to(device=p.device, dtype=p.dtype) for t in tensors]
+
+    # ---------------------------------------------------------------- reference
+    def forward(
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        test_X: Tensor,
+        kv_cache: Optional[KVCache] = None,
+    ) -> Tensor:
+        r"""Logits of the predictive bar distribution at `test_X`.
+
+        Without `kv_cache` this is the reference path: training and test tokens go
+        through the transformer together, batch by batch.
+
+        Args:
+            train_X: `b x n x d` (ignored when `kv_cache` is given; may be None then).
+            train_Y: `b x n x 1` (ignored when `kv_cache` is given; may be None then).
+            test_X: `b x m x d` (any batch shape with `kv_cache`).
+            kv_cache: An encoded context from :meth:`encode_context`.
+
+        Returns:
+            `b x m x num_buckets` logits.
+        """
+        if kv_cache is not None:
+            return self.predict(test_X, kv_cache)
+        train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
+        if train_X.shape[:-2] != test_X.shape[:-2]:
+            raise ValueError(
+                "The reference path needs train and test batch shapes to match, got "
+                f"{tuple(train_X.shape[:-2])} and {tuple(test_X.shape[:-2])}."
+            )
+        ctx = self.encode_train(train_X, train_Y)  # `b x (n+1) x e`
+        n_ctx = ctx.shape[-2]
+        h = torch.cat([ctx, self.encode_x(test_X)], dim=-2)  # `b x (n+1+m) x e`
+        batch_shape = h.shape[:-2]
+        h = h.reshape(-1, *h.shape[-2:])
+        for layer in self.layers:
+            k, v = layer.context_kv(h[:, :n_ctx])
+            h = layer.attend(h, k, v)
+        h = h.reshape(*batch_shape, *h.shape[-2:])
+        return self.decoder(h[..., n_ctx:, :])
+
+    # ------------------------------------------------------------------- cached
+    def weights_state(self) -> tuple:
+        r"""A key of the current weights: changes when any parameter or buffer is
+        replaced or edited in place (tensor version counters), or moved."""
+        return tuple(
+            (id(t), t._version, t.dtype, t.device)
+            for t in (*self.parameters(), *self.buffers())
+        )
+
+    @torch.no_grad()
+    def encode_context(
+        self, train_X: Tensor, train_Y: Tensor, fingerprint: Any = None
+    ) -> KVCache:
+        r"""Run the training context through the network once.
+
+        Runs under `torch.no_grad()` (not `inference_mode`), so the cached keys/values
+        can be used in graphs that need gradients w.r.t. test inputs.
+
+        Args:
+            train_X: `batch_shape x n x d` (`batch_shape` may be empty).
+            train_Y: `batch_shape x n x 1`; NaN marks a missing target.
+            fingerprint: Opaque key stored on the cache for the owner's staleness check.
+
+        Returns:
+            A :class:`KVCache` with per-layer keys/values of the `n + 1` context tokens.
+        """
+        train_X, train_Y = self._cast(train_X, train_Y)
+        h = self.encode_train(train_X, train_Y)  # `batch x (n+1) x e`
+        batch_shape = h.shape[:-2]
+        h = h.reshape(-1, *h.shape[-2:])
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            k, v = layer.context_kv(h)
+            keys.append(k.reshape(*batch_shape, *k.shape[1:]))
+            values.append(v.reshape(*batch_shape, *v.shape[1:]))
+            if i < len(self.layers) - 1:  # the last layer's context output is unused
+                h = layer.attend(h, k, v)
+        return KVCache(
+            keys=tuple(keys),
+            values=tuple(values),
+            batch_shape=batch_shape,
+            num_context=train_X.shape[-2],
+            network_state=self.weights_state(),
+            fingerprint=fingerprint,
+        )
+
+    def predict(self, test_X: Tensor, kv_cache: KVCache) -> Tensor:
+        r"""Logits at `test_X` against a cached context.
+
+        The test batch shape must broadcast with the cache's batch shape. Batch
+        dimensions over which the cache is singleton are flattened into the query axis,
+        so a batch of 512 candidates against a batch-1 context is one sequence of 512
+        queries attending to one copy of the context (nothing is copied).
+
+        Args:
+            test_X: `test_batch_shape x m x d`.
+            kv_cache: From :meth:`encode_context` on this network.
+
+        Returns:
+            `broadcast(test_batch_shape, cache_batch_shape) x m x num_buckets` logits.
+        """
+        if kv_cache.network_state != self.weights_state():
+            raise RuntimeError(
+                "This KVCache was computed with different network weights (or on "
+                "another device/dtype) than the network has now. Re-encode the context "
+                "with `encode_context` (PFNModel does this automatically)."
+            )
+        if kv_cache.num_layers != len(self.layers):
+            raise RuntimeError("This KVCache was computed by a different network.")
+        (test_X,) = self._cast(test_X)
+        h = self.encode_x(test_X)  # `S x m x e`
+        h, restore = _to_cache_layout(h, kv_cache.batch_shape)  # `Bc x M x e`
+        for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
+            k = k.reshape(-1, *k.shape[-3:])
+            v = v.reshape(-1, *v.shape[-3:])
+            h = layer.attend(h, k, v)
+        return restore(self.decoder(h))
+
+
+def _to_cache_layout(h: Tensor, cache_batch_shape: torch.Size):
+    r"""Arrange test tokens as `prod(cache batch) x M x e` query sequences.
+
+    Args:
+        h: `S x m x e` test tokens with `S` broadcastable with `cache_batch_shape`.
+        cache_batch_shape: The cache's batch shape `B`.
+
+    Returns:
+        The rearranged `Bc x M x e` tokens and a function mapping a `Bc x M x c` output
+        back to `broadcast(S, B) x m x c`.
+    """
+    S, m = h.shape[:-2], h.shape[-2]
+    try:
+        full = torch.broadcast_shapes(S, cache_batch_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"The test batch shape {tuple(S)} does not broadcast with the cached "
+            f"context's batch shape {tuple(cache_batch_shape)}."
+        ) from None
+    L = len(full)
+    B = (1,) * (L - len(cache_batch_shape)) + tuple(cache_batch_shape)
+    h = h.expand(*full, *h.shape[-2:]) if tuple(S) != tuple(full) else h
+    # dims over which the cache varies lead; the others join the query axis.
+    cache_dims = [i for i in range(L) if B[i] > 1]
+    query_dims = [i for i in range(L) if B[i] == 1]
+    perm = cache_dims + query_dims + [L, L + 1]
+    h = h.permute(perm)
+    Bc = math.prod(full[i] for i in cache_dims)
+    h = h.reshape(Bc, -1, h.shape[-1])  # `Bc x (prod(query dims) * m) x e`
+
+    def restore(out: Tensor) -> Tensor:
+        c = out.shape[-1]
+        out = out.reshape(
+            *[full[i] for i in cache_dims], *[full[i] for i in query_dims], m, c
+        )
+        inv = [0] * (L + 2)
+        for pos, dim in enumerate(perm):
+            inv[dim] = pos
+        return out.permute(inv)
+
+    return h, restore
