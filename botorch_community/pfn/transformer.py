@@ -319,6 +319,67 @@ class PFNTransformer(nn.Module):
             fingerprint=fingerprint,
         )
 
+    def extend_context(
+        self,
+        ctx_X: Tensor,
+        ctx_Y: Tensor,
+        extra_X: Tensor,
+        extra_Y: Tensor,
+        base_cache: Optional[KVCache] = None,
+    ) -> KVCache:
+        r"""Encode a batch of contexts, each the shared rows plus its own extra rows.
+
+        Used for conditional passes (e.g. the copula correlations of
+        ``MultivariatePFNModel``): context `i` holds the `n` shared rows and the `k`
+        rows of `extra_X[i]`. Unlike :meth:`encode_context` this keeps the autograd
+        graph (the extra rows usually depend on test inputs). The first layer's
+        keys/values of the shared rows do not depend on the extra rows and are taken
+        from `base_cache` when it is given (it must encode exactly `ctx_X, ctx_Y`).
+
+        Args:
+            ctx_X: `n x d` shared context inputs.
+            ctx_Y: `n x 1` shared standardised targets.
+            extra_X: `batch_shape x k x d` extra inputs.
+            extra_Y: `batch_shape x k x 1` extra standardised targets.
+            base_cache: The cache of `ctx_X, ctx_Y` from :meth:`encode_context`.
+
+        Returns:
+            A :class:`KVCache` with batch shape `batch_shape` and `n + k` rows.
+        """
+        ctx_X, ctx_Y, extra_X, extra_Y = self._cast(ctx_X, ctx_Y, extra_X, extra_Y)
+        batch_shape, k = extra_X.shape[:-2], extra_X.shape[-2]
+        h_shared = self.encode_train(ctx_X, ctx_Y)  # `(n+1) x e`
+        y_enc = self.y_encoder(extra_Y)
+        h_extra = (self.encode_x(extra_X) + y_enc).reshape(-1, k, h_shared.shape[-1])
+        Bf = h_extra.shape[0]
+        h = torch.cat([h_shared.expand(Bf, -1, -1), h_extra], dim=-2)  # `Bf x (n+1+k) x e`
+        reuse = (
+            base_cache is not None
+            and base_cache.batch_shape == torch.Size([])
+            and base_cache.num_context == ctx_X.shape[-2]
+            and base_cache.network_state == self.weights_state()
+        )
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            if i == 0 and reuse:
+                k_e, v_e = layer.context_kv(h_extra)
+                k_s = base_cache.keys[0].expand(Bf, -1, -1, -1)
+                v_s = base_cache.values[0].expand(Bf, -1, -1, -1)
+                key, val = torch.cat([k_s, k_e], dim=-2), torch.cat([v_s, v_e], dim=-2)
+            else:
+                key, val = layer.context_kv(h)
+            keys.append(key.reshape(*batch_shape, *key.shape[1:]))
+            values.append(val.reshape(*batch_shape, *val.shape[1:]))
+            if i < len(self.layers) - 1:
+                h = layer.attend(h, key, val)
+        return KVCache(
+            keys=tuple(keys),
+            values=tuple(values),
+            batch_shape=batch_shape,
+            num_context=ctx_X.shape[-2] + k,
+            network_state=self.weights_state(),
+        )
+
     def predict(self, test_X: Tensor, kv_cache: KVCache) -> Tensor:
         r"""Logits at `test_X` against a cached context.
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+r"""Small random networks for tests, examples and speed benchmarks."""
+
+from __future__ import annotations
+
+import torch
+
+from botorch_community.pfn.transformer import PFNTransformer
+
+
+def random_pfn(
+    num_features: int = 8,
+    emsize: int = 32,
+    nlayers: int = 2,
+    nhead: int = 2,
+    nhid: int = 64,
+    num_buckets: int = 64,
+    seed: int = 0,
+    **kwargs,
+) -> PFNTransformer:
+    r"""An untrained `PFNTransformer` with reproducible random weights, in eval mode.
+
+    Random weights give non-trivial, input-dependent predictions, which is what
+    exactness tests and speed benchmarks need; never use one as a surrogate.
+    """
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        net = PFNTransformer(
+            num_features=num_features,
+            emsize=emsize,
+            nlayers=nlayers,
+            nhead=nhead,
+            nhid=nhid,
+            num_buckets=num_buckets,
+            **kwargs,
+        )
+        # Non-zero missing-target embedding so pending points change predictions.
+        with torch.no_grad():
+            net.nan_y_embedding.normal_(0.0, 0.5)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return net.eval()
