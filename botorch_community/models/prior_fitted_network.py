@@ -1,0 +1,595 @@
+#!/usr/bin/env python3
+r"""BoTorch models on a prior-data fitted network (PFN) with a cached training context.
+
+:class:`PFNModel` returns a :class:`BoundedRiemannPosterior` (a bar distribution) at any
+`b? x q? x d` inputs. The training context is encoded once into a
+:class:`~botorch_community.pfn.kv_cache.KVCache` owned by the model, and every posterior
+call (every raw sample, restart and L-BFGS step of ``optimize_acqf``) attends to it.
+Exactness: the cached path equals the reference path (context re-encoded with every test
+batch) to float32 round-off, in values and in gradients w.r.t. the test inputs, because
+the context never attends to test points.
+
+:class:`MultivariatePFNModel` adds a Gaussian-copula joint posterior over the `q` points.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Union
+
+import torch
+from botorch.acquisition.objective import (
+    PosteriorTransform,
+    ScalarizedPosteriorTransform,
+)
+from botorch.exceptions.errors import UnsupportedError
+from botorch.models.model import Model
+from botorch.models.transforms.input import InputTransform
+from gpytorch.likelihoods.gaussian_likelihood import FixedNoiseGaussianLikelihood
+from torch import Tensor
+
+from botorch_community.pfn.kv_cache import KVCache
+from botorch_community.pfn.standardize import context_moments
+from botorch_community.pfn.transformer import PFNTransformer
+from botorch_community.posteriors.riemann import (
+    BoundedRiemannPosterior,
+    MultivariateRiemannPosterior,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _SharedNetwork:
+    r"""Holds the network outside of ``nn.Module`` registration.
+
+    BoTorch's analytic acquisition functions call ``self.to(X)``, which would cast every
+    registered submodule (and so a shared network) to `X`'s dtype. Keeping the network
+    in this holder means ``model.to(...)``, ``state_dict()`` and ``deepcopy`` leave it
+    alone: models built on the same network share it, and each keeps its own context.
+    """
+
+    __slots__ = ("network",)
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.network = network
+
+    def __deepcopy__(self, memo: dict) -> "_SharedNetwork":
+        return self  # share, never copy, the (read-only) network
+
+
+def _as_network(model: Optional[torch.nn.Module], checkpoint_path: Optional[str]):
+    if model is not None:
+        if not isinstance(model, PFNTransformer):
+            raise UnsupportedError(
+                "`model` must be a botorch_community.pfn.PFNTransformer (got "
+                f"{type(model).__name__}). Networks from the `pfns` package are not "
+                "supported: their context cannot be cached."
+            )
+        return model
+    from botorch_community.pfn.checkpoint import load_pretrained
+
+    if checkpoint_path is not None and "://" in str(checkpoint_path):
+        raise UnsupportedError(
+            f"checkpoint_url={checkpoint_path!r} looks like a URL; nothing is downloaded "
+            "at run time. Pass a local checkpoint path, or leave it unset for the "
+            "default network shipped with the package."
+        )
+    return load_pretrained(checkpoint_path)
+
+
+class PFNModel(Model):
+    r"""A BoTorch model whose predictive is a PFN's bar distribution.
+
+    Example:
+        >>> model = PFNModel(train_X, train_Y)  # the shipped default network
+        >>> acqf = DiscretizedExpectedImprovement(model, best_f=train_Y.max())
+        >>> with model.cache_training_context():
+        ...     candidate, _ = optimize_acqf(acqf, bounds, q=1, num_restarts=8,
+        ...                                  raw_samples=512)
+    """
+
+    _num_outputs = 1
+
+    def __init__(
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        model: Optional[PFNTransformer] = None,
+        checkpoint_url: Optional[str] = None,
+        train_Yvar: Optional[Tensor] = None,
+        input_transform: Optional[InputTransform] = None,
+        cache_context: bool = True,
+    ) -> None:
+        r"""
+        Args:
+            train_X: `n x d` training inputs. Without an `input_transform` they should
+                lie in the unit cube (the network was trained on `[0, 1]^d`).
+            train_Y: `n x 1` training targets (standardised internally).
+            model: A :class:`~botorch_community.pfn.PFNTransformer`. Defaults to the
+                pretrained network shipped with the package.
+            checkpoint_url: A local checkpoint path written by
+                ``python -m botorch_community.pfn.train`` (ignored if `model` is given).
+                Named for compatibility with upstream; no URL is ever downloaded.
+            train_Yvar: Ignored (the PFN infers noise from the data); accepted for
+                compatibility with BoTorch/Ax model constructors.
+            input_transform: A BoTorch input transform applied to training and test
+                inputs (e.g. ``Normalize(d, bounds=...)`` to map to the unit cube).
+            cache_context: If True (default), the encoded context is kept between
+                posterior calls and re-encoded only when what it was computed from
+                changes. If False, every call runs the reference path (the context is
+                re-encoded together with, and expanded to, each test batch), except
+                inside :meth:`cache_training_context`.
+        """
+        super().__init__()
+        network = _as_network(model, checkpoint_url)
+        self._validate_training_data(train_X, train_Y, network)
+        if train_Yvar is not None:
+            logger.debug("train_Yvar is ignored by PFNModel.")
+        # Inference only: gradients flow to the test inputs, never to the weights.
+        network.requires_grad_(False)
+        self._shared = _SharedNetwork(network)
+        self.train_X = train_X
+        self.train_Y = train_Y
+        self.train_Yvar = train_Yvar
+        # Kept for BoTorch/Ax tooling that expects a likelihood; unused by the PFN.
+        self.likelihood = FixedNoiseGaussianLikelihood(
+            noise=torch.zeros_like(train_Y).squeeze(-1)
+        )
+        if input_transform is not None:
+            with torch.no_grad():  # transforms that learn (e.g. Normalize) learn here
+                input_transform.train()
+                input_transform.preprocess_transform(train_X)
+            input_transform.eval()
+            self.input_transform = input_transform
+        self.cache_context = cache_context
+        self._kv_cache: Optional[KVCache] = None
+        self._cache_depth = 0  # nesting level of `cache_training_context()`
+        self.num_encodings = 0  # how many times a context was encoded (diagnostics)
+        self._warned_outside_cube = False
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def pfn(self) -> PFNTransformer:
+        r"""The (shared, inference-only) network."""
+        return self._shared.network
+
+    @property
+    def borders(self) -> Tensor:
+        r"""Bucket borders in the network's standardised target space."""
+        return self.pfn.borders.to(self.train_X)
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size([])
+
+    @property
+    def kv_cache(self) -> Optional[KVCache]:
+        r"""The currently held encoded context, if any."""
+        return self._kv_cache
+
+    @staticmethod
+    def _validate_training_data(
+        train_X: Tensor, train_Y: Tensor, network: PFNTransformer
+    ) -> None:
+        if train_X.dim() != 2:
+            raise UnsupportedError(
+                f"train_X must be `n x d` (2-dim), got shape {tuple(train_X.shape)}. "
+                "Batched training data is not supported by PFNModel."
+            )
+        if train_Y.dim() != 2 or train_Y.shape[-1] != 1:
+            raise UnsupportedError(
+                f"train_Y must be `n x 1`, got shape {tuple(train_Y.shape)}. For several "
+                "outcomes build one PFNModel per outcome (e.g. a ModelListGP)."
+            )
+        if train_X.shape[0] != train_Y.shape[0]:
+            raise UnsupportedError(
+                f"train_X has {train_X.shape[0]} rows but train_Y has "
+                f"{train_Y.shape[0]}: they must have the same number of rows."
+            )
+        if train_X.shape[-1] > network.num_features:
+            raise UnsupportedError(
+                f"train_X has d={train_X.shape[-1]} features but the network supports at "
+                f"most num_features={network.num_features}. Reduce the dimension or use "
+                "a network trained with more features."
+            )
+        if not torch.isfinite(train_X).all():
+            raise ValueError(
+                "train_X contains NaN or inf values. Remove or impute those rows."
+            )
+        if not torch.isfinite(train_Y).all():
+            raise ValueError(
+                "train_Y contains NaN or inf values. Remove those rows (pending points "
+                "go in `pending_X`, not as NaN targets)."
+            )
+        if network.max_context is not None and train_X.shape[0] > network.max_context:
+            warnings.warn(
+                f"{train_X.shape[0]} training rows exceed the {network.max_context} rows "
+                "this network was trained on; predictions may degrade. Consider keeping "
+                "the best and most recent rows.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    # Transforms are applied on the fly; BoTorch's train/eval hooks for GP training
+    # inputs do not apply.
+    def _set_transformed_inputs(self) -> None:
+        pass
+
+    def _revert_to_original_inputs(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------- context
+    def _context(
+        self, pending_X: Optional[Tensor], negate_train_ys: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""The network's context: transformed inputs and standardised targets.
+
+        Returns:
+            `ctx_X` (`n' x d`), `ctx_Y` (`n' x 1`, NaN for pending rows), and the
+            `mean`, `std` (each `1 x 1`) that map standardised targets to user units.
+        """
+        with torch.no_grad():
+            train_X = self.train_X
+            if hasattr(self, "input_transform"):
+                train_X = self.input_transform.preprocess_transform(train_X)
+            train_Y = -self.train_Y if negate_train_ys else self.train_Y
+            mean, std = context_moments(train_Y)
+            ctx_Y = (train_Y - mean) / std
+            if pending_X is not None:
+                pending_X = self._check_pending(pending_X)
+                if hasattr(self, "input_transform"):
+                    pending_X = self.input_transform(pending_X)
+                train_X = torch.cat([train_X, pending_X.to(train_X)], dim=-2)
+                nan = torch.full_like(ctx_Y[:1], float("nan"))
+                ctx_Y = torch.cat([ctx_Y, nan.expand(pending_X.shape[-2], 1)], dim=-2)
+        return train_X, ctx_Y, mean, std
+
+    def _check_pending(self, pending_X: Tensor) -> Tensor:
+        if pending_X.dim() != 2 or pending_X.shape[-1] != self.train_X.shape[-1]:
+            raise UnsupportedError(
+                f"pending_X must be `n_pending x d` with d={self.train_X.shape[-1]}, got "
+                f"shape {tuple(pending_X.shape)}."
+            )
+        return pending_X.detach()
+
+    def _fingerprint(self, ctx_X: Tensor, ctx_Y: Tensor) -> tuple:
+        net = self.pfn
+        return (ctx_X.clone(), ctx_Y.clone(), net.training, net.weights_state())
+
+    def _is_fresh(self, cache: Optional[KVCache], ctx_X: Tensor, ctx_Y: Tensor) -> bool:
+        if cache is None:
+            return False
+        c_X, c_Y, c_training, c_state = cache.fingerprint
+        net = self.pfn
+        return (
+            c_training == net.training
+            and c_state == net.weights_state()
+            and c_X.shape == ctx_X.shape
+            and c_X.dtype == ctx_X.dtype
+            and torch.equal(c_X, ctx_X)
+            and torch.equal(c_Y.isnan(), ctx_Y.isnan())
+            and torch.equal(c_Y.nan_to_num(), ctx_Y.nan_to_num())
+        )
+
+    def _cached_context(self, ctx_X: Tensor, ctx_Y: Tensor) -> KVCache:
+        r"""The held cache if still valid, else a newly encoded one (held)."""
+        if not self._is_fresh(self._kv_cache, ctx_X, ctx_Y):
+            self._kv_cache = self.pfn.encode_context(
+                ctx_X, ctx_Y, fingerprint=self._fingerprint(ctx_X, ctx_Y)
+            )
+            self.num_encodings += 1
+        return self._kv_cache
+
+    @property
+    def _caching(self) -> bool:
+        return self.cache_context or self._cache_depth > 0
+
+    @contextmanager
+    def cache_training_context(self) -> Iterator["PFNModel"]:
+        r"""Encode the training context once for every posterior call in the block.
+
+        The context is encoded lazily at the first posterior call (pending points are
+        only known then) and re-encoded only if what it was computed from changes. The
+        cache is released on exit of the outermost block, also when the block raises.
+
+        Example:
+            >>> with model.cache_training_context():
+            ...     candidate, value = optimize_acqf(acqf, bounds, q=1,
+            ...                                      num_restarts=16, raw_samples=1024)
+        """
+        self._cache_depth += 1
+        try:
+            yield self
+        finally:
+            self._cache_depth -= 1
+            if self._cache_depth == 0:
+                self._kv_cache = None
+
+    def clear_cache(self) -> None:
+        r"""Drop the held encoded context (it is re-encoded on the next call)."""
+        self._kv_cache = None
+
+    # ----------------------------------------------------------------- posterior
+    def _prepare_X(self, X: Tensor) -> Tensor:
+        d = self.train_X.shape[-1]
+        if X.dim() == 0 or X.shape[-1] != d:
+            raise UnsupportedError(
+                f"X must have shape `b? x q? x d` with d={d} (the training inputs' "
+                f"dimension), got {tuple(X.shape)}."
+            )
+        if X.dim() == 1:
+            X = X.unsqueeze(0)
+        X_t = self.transform_inputs(X)
+        if not self._warned_outside_cube and not hasattr(self, "input_transform"):
+            with torch.no_grad():
+                outside = (X_t < -1e-6).any() or (X_t > 1 + 1e-6).any()
+            if outside:
+                self._warned_outside_cube = True
+                warnings.warn(
+                    "Inputs lie outside the unit cube [0, 1]^d the PFN was trained on. "
+                    "Pass `input_transform=Normalize(d, bounds=bounds)`.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return X_t
+
+    def pfn_logits(
+        self,
+        X: Tensor,
+        pending_X: Optional[Tensor] = None,
+        negate_train_ys: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Logits of the network's bar distribution at `X`.
+
+        Args:
+            X: `b? x q x d` untransformed inputs (at least 2-dim).
+            pending_X: `n_pending x d` points whose targets are missing.
+            negate_train_ys: Model the negated targets.
+
+        Returns:
+            `logits` (`b? x q x num_buckets`, in `X`'s dtype and device) and the `mean`,
+            `std` (`1 x 1`) mapping standardised targets to user units.
+        """
+        X_t = self._prepare_X(X)
+        ctx_X, ctx_Y, mean, std = self._context(pending_X, negate_train_ys)
+        self.pfn.eval()
+        if self._caching:
+            cache = self._cached_context(ctx_X, ctx_Y)
+            logits = self.pfn.predict(X_t, cache)
+        else:
+            # Reference path: the context goes with every test batch element.
+            X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `b x q x d`
+            b = X_b.shape[0]
+            logits = self.pfn(
+                ctx_X.expand(b, *ctx_X.shape), ctx_Y.expand(b, *ctx_Y.shape), X_b
+            ).reshape(*X_t.shape[:-1], -1)
+            self.num_encodings += 1
+        return logits.to(X), mean, std
+
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: Optional[list[int]] = None,
+        observation_noise: Union[bool, Tensor] = False,
+        posterior_transform: Optional[PosteriorTransform] = None,
+        pending_X: Optional[Tensor] = None,
+        negate_train_ys: bool = False,
+        **kwargs: Any,
+    ) -> BoundedRiemannPosterior:
+        r"""The PFN's predictive distribution at `X`.
+
+        The PFN was trained on noisy targets, so its predictive already is that of a new
+        observation: `observation_noise` does not change it.
+
+        Args:
+            X: `b? x q? x d` inputs.
+            output_indices: Must be None or `[0]` (single output).
+            observation_noise: Accepted for API compatibility (see above).
+            posterior_transform: A single-output `ScalarizedPosteriorTransform`
+                (affine, e.g. weight -1 for minimisation) is applied exactly.
+            pending_X: `n_pending x d` points under evaluation; they enter the context
+                with a missing target.
+            negate_train_ys: Model the negated training targets.
+
+        Returns:
+            A `BoundedRiemannPosterior` with `b? x q?` batch of distributions, in the
+            user's units.
+        """
+        if output_indices is not None and list(output_indices) != [0]:
+            raise UnsupportedError(
+                f"PFNModel has a single output; got output_indices={output_indices}."
+            )
+        self.eval()
+        logits, mean, std = self.pfn_logits(X, pending_X, negate_train_ys)
+        posterior = BoundedRiemannPosterior(
+            borders=self.borders.to(X) * std.squeeze() + mean.squeeze(),
+            probabilities=logits.softmax(dim=-1),
+        )
+        return _apply_posterior_transform(posterior, posterior_transform)
+
+    # ---------------------------------------------------------- model utilities
+    def subset_output(self, idcs: list[int]) -> "PFNModel":
+        if list(idcs) != [0]:
+            raise UnsupportedError(f"PFNModel has a single output; cannot subset {idcs}.")
+        return self
+
+    def condition_on_observations(
+        self, X: Tensor, Y: Tensor, **kwargs: Any
+    ) -> "PFNModel":
+        r"""A new model (sharing the network) with `X`, `Y` appended to the data.
+
+        Args:
+            X: `m x d` new inputs (untransformed).
+            Y: `m x 1` new targets.
+        """
+        if X.dim() != 2 or Y.dim() != 2:
+            raise UnsupportedError(
+                "PFNModel.condition_on_observations takes `m x d` X and `m x 1` Y; "
+                "batched conditioning (fantasies) is not supported."
+            )
+        new = self.__class__(
+            train_X=torch.cat([self.train_X, X.to(self.train_X)], dim=0),
+            train_Y=torch.cat([self.train_Y, Y.to(self.train_Y)], dim=0),
+            model=self.pfn,
+            input_transform=getattr(self, "input_transform", None),
+            cache_context=self.cache_context,
+        )
+        return new
+
+    def fantasize(self, *args: Any, **kwargs: Any) -> Model:
+        raise UnsupportedError(
+            "PFNModel does not support fantasize(); use the discretized acquisition "
+            "functions or MC acquisition functions that do not fantasize."
+        )
+
+
+def _apply_posterior_transform(
+    posterior: BoundedRiemannPosterior,
+    posterior_transform: Optional[PosteriorTransform],
+) -> BoundedRiemannPosterior:
+    r"""Apply a single-output affine `ScalarizedPosteriorTransform` exactly.
+
+    `y -> w * y + c` maps buckets to buckets; a negative `w` reverses their order.
+    """
+    if posterior_transform is None:
+        return posterior
+    if not isinstance(posterior_transform, ScalarizedPosteriorTransform):
+        raise UnsupportedError(
+            f"{type(posterior_transform).__name__} is not supported by PFNModel; only a "
+            "single-output ScalarizedPosteriorTransform (weight, offset) is."
+        )
+    weights = posterior_transform.weights
+    if weights.numel() != 1:
+        raise UnsupportedError(
+            "PFNModel has one output; the ScalarizedPosteriorTransform must have one "
+            f"weight, got {weights.numel()}."
+        )
+    w = weights.reshape(()).to(posterior.borders)
+    if w == 0:
+        raise UnsupportedError("A zero weight makes the posterior degenerate.")
+    borders = posterior.borders * w + posterior_transform.offset
+    probs = posterior.probabilities
+    kwargs = {}
+    if isinstance(posterior, MultivariateRiemannPosterior):
+        kwargs["correlation_matrix"] = posterior.correlation_matrix
+    if w < 0:
+        borders, probs = borders.flip(-1), probs.flip(-1)
+    return type(posterior)(borders=borders, probabilities=probs, **kwargs)
+
+
+class MultivariatePFNModel(PFNModel):
+    r"""A PFN model with a joint (Gaussian-copula) posterior over the `q` points.
+
+    Marginals come from the cached context. Correlations come from a conditional
+    forward pass: for each `x_i`, the context is extended by `(x_i, c_i)` with
+    `c_i = mu_i + sigma_i` (one marginal standard deviation up) and the shift of every
+    other point's predictive mean is read off. For a Gaussian joint,
+
+    .. math::
+
+        E[y_j | y_i = c_i] - \mu_j = \frac{\mathrm{Cov}(y_j, y_i)}{\sigma_i^2}
+        (c_i - \mu_i) \Rightarrow \rho_{ij} = \frac{E[y_j | y_i = c_i] - \mu_j}
+        {\sigma_j},
+
+    which is symmetrised and projected onto the valid correlation matrices.
+    """
+
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: Optional[list[int]] = None,
+        observation_noise: Union[bool, Tensor] = False,
+        posterior_transform: Optional[PosteriorTransform] = None,
+        pending_X: Optional[Tensor] = None,
+        negate_train_ys: bool = False,
+        **kwargs: Any,
+    ) -> Union[BoundedRiemannPosterior, MultivariateRiemannPosterior]:
+        r"""Joint posterior over the `q` points of `X` (`b? x q x d`).
+
+        For `q = 1` (or 1-dim `X`) this equals :meth:`PFNModel.posterior`.
+        """
+        marginals = super().posterior(
+            X,
+            output_indices=output_indices,
+            pending_X=pending_X,
+            negate_train_ys=negate_train_ys,
+        )
+        if X.dim() < 2 or X.shape[-2] == 1:
+            return _apply_posterior_transform(marginals, posterior_transform)
+        R = self.estimate_correlations(X, marginals, pending_X, negate_train_ys)
+        joint = MultivariateRiemannPosterior(
+            borders=marginals.borders,
+            probabilities=marginals.probabilities,
+            correlation_matrix=R,
+        )
+        return _apply_posterior_transform(joint, posterior_transform)
+
+    def estimate_correlations(
+        self,
+        X: Tensor,
+        marginals: BoundedRiemannPosterior,
+        pending_X: Optional[Tensor] = None,
+        negate_train_ys: bool = False,
+    ) -> Tensor:
+        r"""Correlation matrix of the `q` points from one conditional forward pass.
+
+        Reads the main cached context (its first-layer keys/values of the shared rows
+        are reused) but never replaces or edits it: the `n + 1`-row contexts live in
+        their own, temporary :class:`KVCache`.
+
+        Args:
+            X: `b? x q x d` untransformed inputs.
+            marginals: The marginal posterior at `X` (`b? x q` batch).
+
+        Returns:
+            `b? x q x q` correlation matrices.
+        """
+        batch_shape, q = X.shape[:-2], X.shape[-2]
+        X_t = self.transform_inputs(X).reshape(-1, q, X.shape[-1])  # `b x q x d`
+        ctx_X, ctx_Y, mean, std = self._context(pending_X, negate_train_ys)
+        mu = marginals.mean.squeeze(-1).reshape(-1, q)  # `b x q`, user units
+        sigma = marginals.variance.squeeze(-1).clamp_min(1e-12).sqrt().reshape(-1, q)
+        # Conditioning values in the network's standardised space.
+        cond_Y = ((mu + sigma - mean.squeeze()) / std.squeeze()).unsqueeze(-1)
+        base = self._cached_context(ctx_X, ctx_Y) if self._caching else None
+        cache = self.pfn.extend_context(
+            ctx_X, ctx_Y, X_t.unsqueeze(-2), cond_Y.unsqueeze(-1), base_cache=base
+        )  # batch `b x q`: context i holds the n rows plus (x_i, c_i)
+        logits = self.pfn.predict(X_t.unsqueeze(-3), cache).to(X)  # `b x q x q x B`
+        cond = BoundedRiemannPosterior(
+            borders=marginals.borders, probabilities=logits.softmax(dim=-1)
+        )
+        cond_mean = cond.mean.squeeze(-1)  # `b x q(cond i) x q(eval j)`
+        rho = (cond_mean - mu.unsqueeze(-2)) / sigma.unsqueeze(-2)  # rho[i, j]
+        rho = 0.5 * (rho + rho.transpose(-1, -2))
+        R = _nearest_correlation(rho)
+        return R.reshape(*batch_shape, q, q)
+
+
+def _nearest_correlation(A: Tensor, min_eig: float = 1e-6) -> Tensor:
+    r"""Map symmetric `... x q x q` matrices to valid correlation matrices.
+
+    Off-diagonal entries are clipped to `[-1, 1]`; matrices whose smallest eigenvalue
+    is below `min_eig` are projected (eigenvalues clipped) and rescaled to a unit
+    diagonal. Valid matrices pass through unchanged (no eigendecomposition in their
+    gradient path, which is ill-conditioned for repeated eigenvalues).
+    """
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    A = A.clamp(-1.0, 1.0) * (1 - eye) + eye
+    with torch.no_grad():
+        needs_projection = torch.linalg.eigvalsh(A).amin(dim=-1) < min_eig
+    if not bool(needs_projection.any()):
+        return A
+    # Project only the invalid matrices, so valid ones keep eigh-free gradients.
+    L, Q = torch.linalg.eigh(A[needs_projection])
+    P = (Q * L.clamp_min(min_eig).unsqueeze(-2)) @ Q.transpose(-1, -2)
+    d = P.diagonal(dim1=-2, dim2=-1).rsqrt()
+    A = A.clone()
+    A[needs_projection] = P * d.unsqueeze(-1) * d.unsqueeze(-2)
+    return A

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+r"""PFNModel / MultivariatePFNModel: cached == reference, staleness, sharing, copula."""
+
+import copy
+
+import pytest
+import torch
+from botorch.acquisition.objective import ScalarizedPosteriorTransform
+from botorch.exceptions.errors import UnsupportedError
+from botorch.models.transforms.input import Normalize
+from botorch_community.models.prior_fitted_network import (
+    MultivariatePFNModel,
+    PFNModel,
+)
+from botorch_community.pfn.testing import random_pfn
+from botorch_community.posteriors.riemann import (
+    BoundedRiemannPosterior,
+    MultivariateRiemannPosterior,
+)
+
+ATOL = 1e-5
+SHAPES = [(4, 3), (5, 2, 3), (6, 1, 3)]
+
+
+@pytest.fixture
+def net():
+    return random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48)
+
+
+def _data(n=12, d=3, dtype=torch.float32, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, d, generator=g, dtype=torch.float64) * scale
+    Y = (X.sin().sum(-1, keepdim=True) * 3 + 10).to(dtype)
+    return X.to(dtype), Y
+
+
+def _models(net, dtype, normalize, cls=PFNModel):
+    scale = 5.0 if normalize else 1.0
+    X, Y = _data(dtype=dtype, scale=scale)
+    kw = {}
+    models = []
+    for cache_context in (True, False):
+        if normalize:
+            kw["input_transform"] = Normalize(3, bounds=torch.tensor([[0.0] * 3, [scale] * 3]))
+        models.append(cls(X, Y, model=net, cache_context=cache_context, **kw))
+    return models, scale
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("pending", [False, True])
+def test_cached_equals_reference(net, shape, dtype, normalize, pending):
+    (cached, reference), scale = _models(net, dtype, normalize)
+    pending_X = torch.rand(2, 3, dtype=dtype) * scale if pending else None
+    X = (torch.rand(*shape, dtype=dtype) * scale).requires_grad_(True)
+    outs = []
+    for model in (cached, reference):
+        post = model.posterior(X, pending_X=pending_X)
+        assert isinstance(post, BoundedRiemannPosterior)
+        assert post.probabilities.shape == (*shape[:-1], net.num_buckets)
+        assert post.probabilities.dtype == dtype
+        mean = post.mean
+        (grad,) = torch.autograd.grad((mean * torch.arange(mean.numel()).view_as(mean)).sum(), X)
+        outs.append((post.probabilities.detach(), mean.detach(), grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=ATOL * a.abs().max().clamp_min(1), rtol=0)
+    assert outs[0][2].abs().max() > 0
+    assert cached.num_encodings == 1
+
+
+def test_pending_points_change_prediction(net):
+    X, Y = _data()
+    m = PFNModel(X, Y, model=net)
+    x = torch.rand(3, 3)
+    a = m.posterior(x).mean
+    b = m.posterior(x, pending_X=torch.rand(2, 3)).mean
+    assert (a - b).abs().max() > 1e-6
+
+
+def test_cache_is_reused_and_refreshed(net):
+    X, Y = _data()
+    m = PFNModel(X, Y, model=net, cache_context=False)
+    x = torch.rand(7, 1, 3)
+    with m.cache_training_context():
+        for _ in range(5):
+            m.posterior(x)
+        assert m.num_encodings == 1
+        cache = m.kv_cache
+        assert cache is not None
+    assert m.kv_cache is None  # released on exit
+    # released also when the block raises; nesting keeps the cache until the outer exit
+    with pytest.raises(RuntimeError, match="boom"):
+        with m.cache_training_context():
+            with m.cache_training_context():
+                m.posterior(x)
+            assert m.kv_cache is not None
+            raise RuntimeError("boom")
+    assert m.kv_cache is None
+
+
+def _reference(net, m, x, **kw):
+    ref = PFNModel(
+        m.train_X.clone(), m.train_Y.clone(), model=net, cache_context=False,
+        input_transform=copy.deepcopy(getattr(m, "input_transform", None)),
+    )
+    return ref.posterior(x, **kw).mean
+
+
+def test_stale_cache_never_used(net):
+    X, Y = _data()
+    m = PFNModel(X, Y, model=net)
+    x = torch.rand(4, 3)
+    m.posterior(x)
+    # in-place edit of the targets
+    m.train_Y[0] += 5.0
+    torch.testing.assert_close(m.posterior(x).mean, _reference(net, m, x), atol=ATOL * 20, rtol=0)
+    # replaced inputs
+    m.train_X = torch.rand_like(m.train_X)
+    torch.testing.assert_close(m.posterior(x).mean, _reference(net, m, x), atol=ATOL * 20, rtol=0)
+    # network weights changed (e.g. fine-tuning)
+    n0 = m.num_encodings
+    with torch.no_grad():
+        net.decoder[-1].bias.add_(0.1)
+    torch.testing.assert_close(m.posterior(x).mean, _reference(net, m, x), atol=ATOL * 20, rtol=0)
+    assert m.num_encodings == n0 + 1
+
+
+def test_input_transform_change_invalidates(net):
+    X, Y = _data(scale=2.0)
+    tf = Normalize(3, bounds=torch.tensor([[0.0] * 3, [2.0] * 3]))
+    m = PFNModel(X, Y, model=net, input_transform=tf)
+    x = torch.rand(4, 3) * 2
+    m.posterior(x)
+    tf.bounds[1] = 3.0  # in place
+    torch.testing.assert_close(m.posterior(x).mean, _reference(net, m, x), atol=ATOL * 20, rtol=0)
+
+
+def test_two_models_share_one_network(net):
+    X1, Y1 = _data(seed=1)
+    X2, Y2 = _data(seed=2)
+    Y2 = -Y2
+    m1, m2 = PFNModel(X1, Y1, model=net), PFNModel(X2, Y2, model=net)
+    x = torch.rand(5, 3)
+    for _ in range(2):  # interleaved
+        p1, p2 = m1.posterior(x).mean, m2.posterior(x).mean
+        torch.testing.assert_close(p1, _reference(net, m1, x), atol=ATOL * 20, rtol=0)
+        torch.testing.assert_close(p2, _reference(net, m2, x), atol=ATOL * 20, rtol=0)
+    assert m1.pfn is m2.pfn
+    assert "pfn" not in "".join(m1.state_dict())
+
+
+def test_to_double_does_not_convert_network(net):
+    X, Y = _data(dtype=torch.float64)
+    m = PFNModel(X, Y, model=net)
+    m.to(torch.float64)
+    assert net.x_encoder.weight.dtype == torch.float32
+    clone = copy.deepcopy(m)
+    assert clone.pfn is net  # shared, never copied
+    x = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
+    m.posterior(x).mean.sum().backward()
+    assert x.grad.dtype == torch.float64
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_posterior_transform_negation(net):
+    X, Y = _data()
+    m = PFNModel(X, Y, model=net)
+    x = torch.rand(4, 3)
+    tf = ScalarizedPosteriorTransform(weights=torch.tensor([-1.0]), offset=2.0)
+    post, neg = m.posterior(x), m.posterior(x, posterior_transform=tf)
+    torch.testing.assert_close(neg.mean, 2.0 - post.mean, atol=1e-4, rtol=0)
+    torch.testing.assert_close(neg.variance, post.variance, atol=1e-4, rtol=1e-4)
+
+
+def test_targets_in_user_units(net):
+    X, Y = _data()
+    m = PFNModel(X, Y * 1000 + 5, model=net)
+    mean = m.posterior(torch.rand(20, 3)).mean
+    # a standardised predictive mapped back: within a few standard deviations of the data
+    assert (mean - (Y * 1000 + 5).mean()).abs().max() < 10 * (Y * 1000).std()
+
+
+def test_bad_inputs(net):
+    X, Y = _data()
+    with pytest.raises(UnsupportedError, match="same number of rows"):
+        PFNModel(X, Y[:-1], model=net)
+    with pytest.raises(UnsupportedError, match="num_features=4"):
+        PFNModel(torch.rand(5, 6), torch.rand(5, 1), model=net)
+    with pytest.raises(ValueError, match="NaN"):
+        PFNModel(X, torch.full_like(Y, float("nan")), model=net)
+    m = PFNModel(X, Y, model=net)
+    with pytest.raises(UnsupportedError, match="d=3"):
+        m.posterior(torch.rand(4, 2))
+    with pytest.warns(RuntimeWarning, match="unit cube"):
+        m.posterior(torch.rand(4, 3) + 2)
+
+
+def test_empty_training_set_gives_prior(net):
+    m = PFNModel(torch.rand(0, 3), torch.rand(0, 1), model=net)
+    post = m.posterior(torch.rand(4, 3))
+    assert torch.isfinite(post.mean).all()
+
+
+def test_condition_on_observations(net):
+    X, Y = _data()
+    m = PFNModel(X[:8], Y[:8], model=net)
+    m2 = m.condition_on_observations(X[8:], Y[8:])
+    full = PFNModel(X, Y, model=net)
+    x = torch.rand(3, 3)
+    torch.testing.assert_close(m2.posterior(x).mean, full.posterior(x).mean)
+    assert m2.pfn is net
+
+
+# ------------------------------------------------------------------ multivariate
+@pytest.mark.parametrize("shape", [(3, 3), (4, 3, 3)])
+def test_multivariate_cached_equals_reference(net, shape):
+    (cached, reference), _ = _models(net, torch.float64, False, cls=MultivariatePFNModel)
+    X = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    res = []
+    for m in (cached, reference):
+        post = m.posterior(X)
+        assert isinstance(post, MultivariateRiemannPosterior)
+        R = post.correlation_matrix
+        assert R.shape == (*shape[:-1], shape[-2])
+        (g,) = torch.autograd.grad(R.sum() + post.mean.sum(), X)
+        assert torch.isfinite(g).all()
+        res.append((R.detach(), g))
+    torch.testing.assert_close(res[0][0], res[1][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res[0][1], res[1][1], atol=1e-4, rtol=0)
+    R = res[0][0]
+    torch.testing.assert_close(R.diagonal(dim1=-2, dim2=-1), torch.ones(*shape[:-1], dtype=torch.float64))
+    assert (torch.linalg.eigvalsh(R) > 0).all()
+
+
+def test_multivariate_does_not_clobber_main_cache(net):
+    X, Y = _data()
+    m = MultivariatePFNModel(X, Y, model=net)
+    x1 = torch.rand(5, 1, 3)
+    before = m.posterior(x1).probabilities
+    cache = m.kv_cache
+    snapshot = [k.clone() for k in cache.keys]
+    m.posterior(torch.rand(2, 4, 3))  # conditional pass with n + 1 rows
+    assert m.kv_cache is cache
+    for k, s in zip(cache.keys, snapshot):
+        assert torch.equal(k, s)
+    torch.testing.assert_close(m.posterior(x1).probabilities, before)
+    assert m.num_encodings == 1
+
+
+def test_multivariate_q1_is_marginal(net):
+    X, Y = _data()
+    m = MultivariatePFNModel(X, Y, model=net)
+    x = torch.rand(4, 1, 3)
+    post = m.posterior(x)
+    assert type(post) is BoundedRiemannPosterior
