@@ -134,8 +134,9 @@ class PFNModel(Model):
         self.train_Y = train_Y
         self.train_Yvar = train_Yvar
         # Kept for BoTorch/Ax tooling that expects a likelihood; unused by the PFN.
+        # (1e-4: gpytorch's floor for fixed noise, so it does not warn.)
         self.likelihood = FixedNoiseGaussianLikelihood(
-            noise=torch.zeros_like(train_Y).squeeze(-1)
+            noise=torch.full_like(train_Y.squeeze(-1), 1e-4)
         )
         if input_transform is not None:
             with torch.no_grad():  # transforms that learn (e.g. Normalize) learn here
