@@ -144,7 +144,7 @@ def sample_gamma(
     ok = (v > 0) & (
         torch.log(u) < 0.5 * z**2 + dd - dd * v + dd * torch.log(v.clamp_min(1e-300))
     )
-    first = torch.argmax(ok.to(torch.int8), dim=0, keepdim=True)
+    first = torch.argmax(ok.to(torch.float32), dim=0, keepdim=True)
     x = dd * torch.gather(v, 0, first).squeeze(0)
     x = torch.where(ok.any(0), x, torch.full_like(x, a_))
     if boost:
