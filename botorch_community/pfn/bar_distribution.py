@@ -10,7 +10,6 @@ are counted in the edge buckets (clamped), so every target has a finite loss.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["borders_from_samples", "bucket_index", "bar_nll"]
@@ -95,6 +94,7 @@ def bar_nll(logits: Tensor, y: Tensor, borders: Tensor) -> Tensor:
     y = y.to(logits.dtype)
     widths = borders[1:] - borders[:-1]
     idx = bucket_index(torch.nan_to_num(y), borders)
-    logp = F.log_softmax(logits, dim=-1).gather(-1, idx.unsqueeze(-1)).squeeze(-1)
-    nll = torch.log(widths[idx]) - logp
+    # -log softmax_i = logsumexp - logit_i (no K-sized log-probability tensor is kept)
+    logit_i = logits.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+    nll = torch.logsumexp(logits, dim=-1) - logit_i + torch.log(widths[idx])
     return torch.where(torch.isnan(y), torch.full_like(nll, float("nan")), nll)
