@@ -414,6 +414,19 @@ class PFNModel(Model):
         )
         return _apply_posterior_transform(posterior, posterior_transform)
 
+    @classmethod
+    def construct_inputs(cls, training_data: Any, **model_options: Any) -> dict:
+        r"""Model kwargs from a ``SupervisedDataset`` and options (Ax: the
+        ``ModelConfig.model_options``): ``network`` ("default", a local checkpoint path
+        or a name given to ``botorch_community.ax.register_network``; the network is
+        loaded once per process and shared), ``checkpoint_url`` (alias), ``model`` (a
+        ``PFNTransformer``), ``cache_context``, ``input_transform``. Unknown options
+        raise ``UnsupportedError``. See :func:`botorch_community.ax.construct_pfn_inputs`.
+        """
+        from botorch_community.ax import construct_pfn_inputs
+
+        return construct_pfn_inputs(cls, training_data, **model_options)
+
     # ---------------------------------------------------------- model utilities
     def subset_output(self, idcs: list[int]) -> "PFNModel":
         if list(idcs) != [0]:
@@ -594,3 +607,8 @@ def _nearest_correlation(A: Tensor, min_eig: float = 1e-6) -> Tensor:
     A = A.clone()
     A[needs_projection] = P * d.unsqueeze(-1) * d.unsqueeze(-2)
     return A
+
+
+# Ax integration (fit dispatcher, storage registries): done when Ax is imported; a
+# no-op without Ax. See botorch_community/ax.py.
+import botorch_community.ax  # noqa: E402, F401
