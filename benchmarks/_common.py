@@ -41,7 +41,16 @@ def add_common_args(parser, default_out: str) -> None:
     parser.add_argument(
         "--out", default=None, help=f"output stem (default benchmarks/results/{default_out})"
     )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's default)")
     parser.add_argument("--worker", default=None, help=argparse_suppress())
+
+
+def set_threads(n) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
 
 
 def argparse_suppress():
@@ -143,6 +152,7 @@ def run_worker(
 
 
 def emit_result(result: dict) -> None:
+    result.setdefault("loadavg_end", os.getloadavg())
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 

@@ -178,7 +178,7 @@ def main() -> None:
         import torch
         from tqdm import tqdm
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        C.set_threads(args.threads)
         network = None
         if any(m.startswith("pfn") for m in args.methods):
             from botorch_community.pfn.testing import random_pfn

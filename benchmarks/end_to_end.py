@@ -77,6 +77,7 @@ def worker(spec: dict) -> dict:
     from botorch_community.models.prior_fitted_network import PFNModel
 
     dev, n, d, v = spec["device"], spec["n"], spec["d"], spec["variant"]
+    C.set_threads(spec.get("threads"))
     tkw = dict(dtype=torch.float64, device=dev)
     f = Hartmann(dim=6, negate=True)
     X = SobolEngine(d, scramble=True, seed=spec["seed"]).draw(n).to(**tkw)
@@ -174,7 +175,8 @@ def main() -> None:
     for n, v in tqdm(tasks, desc="end_to_end", unit="run"):
         spec = dict(variant=v, n=n, d=6, device=args.device, seed=0, network=args.network,
                     num_restarts=args.num_restarts, raw_samples=args.raw_samples,
-                    repeats=1 if v == "pfn_uncached" else args.repeats)
+                    repeats=1 if v == "pfn_uncached" else args.repeats,
+                    threads=args.threads)
         timeout = args.uncached_timeout + 60 if v == "pfn_uncached" else 1800
         r = C.run_worker(SCRIPT, spec, timeout=timeout)
         if "error" in r and r["error"].startswith("timeout"):

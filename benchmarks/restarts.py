@@ -91,6 +91,8 @@ def worker_ours(spec: dict) -> dict:
     from botorch_community.pfn.testing import random_pfn
 
     dev = spec["device"]
+    C.set_threads(spec.get("threads"))
+    spec["loadavg_start"] = os.getloadavg()
     net = random_pfn(num_features=spec["num_features"], seed=0, **NET).to(dev)
     train_X, train_Y, Xc = _warmup_and_data(torch, spec)
     cached = spec["variant"] == "cached"
@@ -163,6 +165,8 @@ def worker_upstream(spec: dict) -> dict:
     import pfns
 
     dev = spec["device"]
+    C.set_threads(spec.get("threads"))
+    spec["loadavg_start"] = os.getloadavg()
     torch.manual_seed(0)
     pfn = _upstream_network(torch, spec["num_features"], NET).to(dev).eval()
     train_X, train_Y, Xc = _warmup_and_data(torch, spec)
@@ -237,10 +241,12 @@ def main() -> None:
     p.add_argument("--candidates", type=int, nargs="+", default=[4, 8, 16, 32, 256, 1024])
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--time-budget", type=float, default=20.0,
+    p.add_argument("--time-budget", type=float, default=8.0,
                    help="seconds of repeats per variant after the first call")
     p.add_argument("--max-call-s", type=float, default=150.0,
                    help="skip a slow variant whose estimated single call exceeds this")
+    p.add_argument("--max-mem-gb", type=float, default=12.0,
+                   help="skip a variant whose estimated peak memory exceeds this")
     args = p.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
@@ -264,13 +270,19 @@ def main() -> None:
     for d, m, v in bar:
         bar.set_postfix_str(f"d={d} m={m} {v}")
         spec = dict(variant=v, d=d, m=m, n=args.n, num_features=d, device=args.device,
-                    repeats=args.repeats, time_budget_s=args.time_budget, seed=0, net=NET)
+                    repeats=args.repeats, time_budget_s=args.time_budget, seed=0, net=NET,
+                    threads=args.threads)
         prev = last_time.get((d, v))
         if prev is not None and v != "cached":
             est = prev[1] * m / prev[0]  # cost ~ linear in the number of candidates
+            est_mem = prev[2] * m / prev[0] if prev[2] else 0.0
             if est > args.max_call_s:
                 results.append(dict(spec, skipped=f"estimated {est:.0f} s per call "
                                     f"(> --max-call-s {args.max_call_s:.0f})"))
+                continue
+            if est_mem > args.max_mem_gb * 2**30:
+                results.append(dict(spec, skipped=f"estimated {est_mem / 2**30:.0f} GB peak "
+                                    f"memory (> --max-mem-gb {args.max_mem_gb:.0f})"))
                 continue
             spec["repeats"] = args.repeats if est < 10 else (2 if est < 40 else 1)
         r = C.run_worker(SCRIPT, spec, python=upstream_py if v == "upstream" else None,
@@ -279,7 +291,7 @@ def main() -> None:
         results.append(dict(spec, **r))
         t = r.get("time_s", r.get("time_cold_s"))
         if t is not None:
-            last_time[(d, v)] = (m, t)
+            last_time[(d, v)] = (m, t, r.get("mem_delta") or 0)
         elif "error" in r:
             tqdm.write(f"[d={d} m={m} {v}] {r['error'][-400:]}")
     payload = dict(benchmark="restarts", machine=C.machine_info(args.device),

@@ -59,6 +59,7 @@ def main() -> None:
     from botorch_community.pfn.testing import random_pfn
 
     dev, d = args.device, args.d
+    C.set_threads(args.threads)
     net = random_pfn(num_features=d, seed=0, **NET).to(dev)
     gen = torch.Generator().manual_seed(0)
     X_all = torch.rand(max(args.ns + [args.n]), d, generator=gen).to(dev)
