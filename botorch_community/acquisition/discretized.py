@@ -1,0 +1,827 @@
+#!/usr/bin/env python3
+r"""Analytic acquisition functions for models with Riemann (bar) posteriors.
+
+A PFN surrogate predicts, for every candidate ``x``, a piecewise-uniform density over
+``B`` buckets (a
+:class:`~botorch_community.posteriors.riemann.BoundedRiemannPosterior`).
+Any acquisition function of the form
+
+.. math::
+
+    \alpha(x) = \int g(y) p(y | x) dy = \sum_i \frac{p_i(x)}{w_i}
+        \int_{l_i}^{u_i} g(y) dy
+
+is then exact and cheap once :math:`\int_l^u g` is known in closed form. This module
+provides expected improvement (EI), its logarithm (LogEI), probability of improvement
+(PI), a quantile-based upper confidence bound (UCB) and the "noisy" EI of PFNs trained
+to predict improvements directly.
+
+Conventions shared by all classes:
+
+* ``forward`` takes ``b x 1 x d`` candidates and returns ``b`` values (q = 1).
+* Direction: the objective is :math:`z = w y + o` if a single-output
+  ``ScalarizedPosteriorTransform(weights=[w], offset=o)`` is given (identity
+  otherwise); ``maximize=False`` minimizes :math:`z`. ``best_f`` lives in the space of
+  :math:`z` (for no transform: the model's outcome space), as in BoTorch's analytic
+  acquisition functions. Ax signals minimization with ``weights=[-1]``.
+* Minimization is done exactly by reflecting the predicted density (no assumption on
+  the model), unless ``assume_symmetric_posterior=True``, in which case the model is
+  asked for the posterior of :math:`-y` with ``negate_train_ys=True`` (required by
+  PFNs that were trained for maximization only, e.g. for noisy EI).
+* ``X_pending`` (``n x d``) is passed to the model as
+  ``model.posterior(X, pending_X=X_pending)``.
+* Everything is computed in the dtype of the predicted probabilities (float64 for
+  float64 inputs of a PFN model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.input_constructors import (
+    _register_acqf_input_constructor,
+    allow_only_specific_variable_kwargs,
+)
+from botorch.acquisition.objective import (
+    IdentityMCObjective,
+    LinearMCObjective,
+    MCAcquisitionObjective,
+    PosteriorTransform,
+    ScalarizedPosteriorTransform,
+)
+from botorch.exceptions.errors import UnsupportedError
+from botorch.models.model import Model
+from botorch.utils.datasets import SupervisedDataset
+from botorch.utils.transforms import (
+    average_over_ensemble_models,
+    t_batch_mode_transform,
+)
+from botorch_community.posteriors.riemann import BoundedRiemannPosterior
+from torch import Tensor
+
+
+def _accepts_kwarg(fn: Any, name: str) -> bool:
+    r"""Whether callable `fn` accepts keyword argument `name` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins etc.
+        return True
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in params
+    )
+
+
+def _affine_riemann(
+    posterior: BoundedRiemannPosterior, scale: float, shift: float
+) -> BoundedRiemannPosterior:
+    r"""The Riemann posterior of ``scale * Y + shift`` (``scale != 0``).
+
+    For a negative scale the buckets are reversed, so the borders stay increasing.
+    """
+    if scale == 1.0 and shift == 0.0:
+        return posterior
+    borders = posterior.borders * scale + shift
+    probabilities = posterior.probabilities
+    if scale < 0:
+        borders = borders.flip(0)
+        probabilities = probabilities.flip(-1)
+    return BoundedRiemannPosterior(borders, probabilities)
+
+
+def _direction_from_transform(
+    posterior_transform: PosteriorTransform | None,
+) -> tuple[float, float]:
+    r"""``(w, o)`` of a single-output scalarization ``z = w y + o`` (identity: 1, 0)."""
+    if posterior_transform is None:
+        return 1.0, 0.0
+    if not isinstance(posterior_transform, ScalarizedPosteriorTransform):
+        raise UnsupportedError(
+            "Discretized acquisition functions only support a "
+            "`ScalarizedPosteriorTransform` with a single non-zero weight, got "
+            f"{type(posterior_transform).__name__}."
+        )
+    weights = posterior_transform.weights
+    if weights.numel() != 1 or weights.item() == 0:
+        raise UnsupportedError(
+            "Discretized acquisition functions only support single-output models: "
+            "the `ScalarizedPosteriorTransform` must have exactly one non-zero weight "
+            f"(e.g. [1.0] to maximize or [-1.0] to minimize), got {weights.tolist()}."
+        )
+    return float(weights.item()), float(posterior_transform.offset)
+
+
+class DiscretizedAcquisitionFunction(AcquisitionFunction, ABC):
+    r"""Abstract base class for acquisition functions over Riemann posteriors.
+
+    The model's ``posterior(X, pending_X=None, ...)`` must return a
+    :class:`BoundedRiemannPosterior`. Subclasses define the acquisition value in the
+    *maximization-oriented* objective :math:`z' = \pm(w y + o)` either by implementing
+    :meth:`ag_integrate` (:math:`\int_l^u g(z') dz'`, for acquisition functions of
+    the form :math:`\int g(z') p(z') dz'`) or by overriding :meth:`_evaluate`.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        posterior_transform: PosteriorTransform | None = None,
+        assume_symmetric_posterior: bool = False,
+        maximize: bool = True,
+        X_pending: Tensor | None = None,
+    ) -> None:
+        r"""Initialize the acquisition function.
+
+        Args:
+            model: A fitted model whose ``posterior`` returns a
+                ``BoundedRiemannPosterior`` (e.g. a ``PFNModel``).
+            posterior_transform: ``None`` or a ``ScalarizedPosteriorTransform`` with
+                a single non-zero weight ``w`` and offset ``o``; the objective is then
+                ``z = w y + o``. ``weights=[-1.0]`` is how Ax requests minimization.
+            assume_symmetric_posterior: If True and the objective decreases in ``y``,
+                ask the model for the posterior of ``-y`` via
+                ``model.posterior(..., negate_train_ys=True)`` instead of reflecting
+                the posterior of ``y`` (which is exact for any model).
+            maximize: If False, minimize the objective ``z``.
+            X_pending: ``n x d`` points whose evaluation is pending; passed to the
+                model as ``pending_X``.
+        """
+        super().__init__(model=model)
+        self.posterior_transform = posterior_transform
+        self.maximize = maximize
+        self.assume_symmetric_posterior = assume_symmetric_posterior
+        weight, offset = _direction_from_transform(posterior_transform)
+        sign = 1.0 if maximize else -1.0
+        # maximization-oriented objective: z' = scale * y + shift
+        self._scale = sign * weight
+        self._shift = sign * offset
+        if self._negate_via_model and not _accepts_kwarg(
+            model.posterior, "negate_train_ys"
+        ):
+            raise UnsupportedError(
+                "`assume_symmetric_posterior=True` with a decreasing objective needs "
+                "a model whose `posterior` accepts `negate_train_ys` (e.g. PFNModel), "
+                f"but {type(model).__name__}.posterior does not; use "
+                "`assume_symmetric_posterior=False`."
+            )
+        self.set_X_pending(X_pending)
+
+    @property
+    def _negate_via_model(self) -> bool:
+        return self.assume_symmetric_posterior and self._scale < 0
+
+    def set_X_pending(self, X_pending: Tensor | None = None) -> None:
+        r"""Set the ``n x d`` pending points, passed to the model as ``pending_X``.
+
+        Raises:
+            UnsupportedError: If `X_pending` is given but the model's ``posterior``
+                has no ``pending_X`` argument.
+        """
+        if X_pending is not None:
+            if X_pending.dim() != 2:
+                raise ValueError(
+                    f"`X_pending` must be an `n x d` tensor, got shape "
+                    f"{tuple(X_pending.shape)}."
+                )
+            if not _accepts_kwarg(self.model.posterior, "pending_X"):
+                raise UnsupportedError(
+                    f"{type(self.model).__name__}.posterior does not accept a "
+                    "`pending_X` argument, so this model cannot condition on pending "
+                    "points; use a model that supports it (e.g. PFNModel) or pass "
+                    "`X_pending=None`."
+                )
+        super().set_X_pending(X_pending)
+
+    def _posterior(self, X: Tensor) -> BoundedRiemannPosterior:
+        r"""The Riemann posterior of the maximization-oriented objective at `X`."""
+        kwargs: dict[str, Any] = {}
+        if self.X_pending is not None:
+            kwargs["pending_X"] = self.X_pending
+        if self._negate_via_model:
+            kwargs["negate_train_ys"] = True
+        posterior = self.model.posterior(X, **kwargs)
+        if not isinstance(posterior, BoundedRiemannPosterior):
+            raise UnsupportedError(
+                f"{type(self).__name__} needs a model whose posterior is a "
+                f"BoundedRiemannPosterior, got {type(posterior).__name__}."
+            )
+        if self._negate_via_model:  # the model returned the posterior of -y
+            return _affine_riemann(posterior, -self._scale, self._shift)
+        return _affine_riemann(posterior, self._scale, self._shift)
+
+    @t_batch_mode_transform(expected_q=1)
+    @average_over_ensemble_models
+    def forward(self, X: Tensor) -> Tensor:
+        r"""Evaluate the acquisition function.
+
+        Args:
+            X: A ``b x 1 x d`` tensor of candidates (``1 x d`` is treated as ``b = 1``).
+
+        Returns:
+            A ``b``-dim tensor of acquisition values.
+        """
+        return self._evaluate(self._posterior(X)).squeeze(-1)
+
+    def _evaluate(self, posterior: BoundedRiemannPosterior) -> Tensor:
+        r"""``batch_shape x q`` values from the oriented posterior."""
+        return posterior.integrate(self.ag_integrate)
+
+    @abstractmethod
+    def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:
+        r"""The integral :math:`\int_l^u g(z) dz` of the acquisition utility.
+
+        Args:
+            lower_bound: The ``B`` lower bucket edges (oriented objective units).
+            upper_bound: The ``B`` upper bucket edges.
+
+        Returns:
+            A tensor of ``B`` integrals (or broadcastable to ``batch x q x B``).
+        """
+
+
+#: Upstream's spelling, kept so that code written against upstream keeps working.
+DiscretizedAcquistionFunction = DiscretizedAcquisitionFunction
+
+
+class _ThresholdMixin:
+    r"""Shared handling of the incumbent ``best_f``."""
+
+    best_f: Tensor
+    maximize: bool
+
+    def _threshold(self, like: Tensor) -> Tensor:
+        r"""``best_f`` in the oriented objective, as a scalar tensor like `like`."""
+        best_f = self.best_f.to(like)
+        return best_f if self.maximize else -best_f
+
+
+def _check_best_f(best_f: float | Tensor) -> Tensor:
+    r"""Validate `best_f`; Python numbers are kept in float64 (no float32 rounding)."""
+    if not torch.is_tensor(best_f):
+        best_f = torch.tensor(best_f, dtype=torch.float64)
+    if best_f.numel() != 1:
+        raise ValueError(
+            "`best_f` must be a scalar (the best observed objective value); batched "
+            f"`best_f` of shape {tuple(best_f.shape)} is not supported."
+        )
+    if not torch.isfinite(best_f).all():
+        raise ValueError(f"`best_f` must be finite, got {best_f.item()}.")
+    return best_f.reshape(())
+
+
+def _improvement_integral(lower: Tensor, upper: Tensor, t: Tensor) -> Tensor:
+    r""":math:`\int_l^u \max(z - t, 0) dz`, exact and C^1 in `t` (also at the edges).
+
+    Three branches, each finite everywhere so that ``torch.where`` has no NaN
+    gradients: the whole bucket improves (``t <= l``), part of it does
+    (``l < t < u``), or none (``t >= u``).
+    """
+    width = upper - lower
+    whole = width * ((lower + upper) / 2 - t)
+    part = (upper - t).square() / 2
+    zero = torch.zeros_like(whole)
+    return torch.where(t <= lower, whole, torch.where(t < upper, part, zero))
+
+
+class DiscretizedExpectedImprovement(_ThresholdMixin, DiscretizedAcquisitionFunction):
+    r"""Exact expected improvement under a piecewise-uniform posterior.
+
+    .. math::
+
+        \mathrm{EI}(x) = \sum_i \frac{p_i(x)}{w_i} \int_{l_i}^{u_i} \max(z - f^*, 0) dz,
+
+    where the bucket integral is :math:`w_i (m_i - f^*)` if :math:`f^* \le l_i`,
+    :math:`(u_i - f^*)^2 / 2` if :math:`l_i < f^* < u_i` and 0 otherwise. EI is
+    linear in the probabilities and continuously differentiable in :math:`f^*`.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        best_f: float | Tensor,
+        posterior_transform: PosteriorTransform | None = None,
+        assume_symmetric_posterior: bool = False,
+        maximize: bool = True,
+        X_pending: Tensor | None = None,
+    ) -> None:
+        r"""Discretized expected improvement.
+
+        Args:
+            model: A model whose posterior is a ``BoundedRiemannPosterior``.
+            best_f: The scalar incumbent in objective space (see module docstring):
+                the best observed ``y`` (its max, or its min if ``maximize=False``)
+                when no ``posterior_transform`` is given.
+            posterior_transform: Optional single-output
+                ``ScalarizedPosteriorTransform`` defining the objective.
+            assume_symmetric_posterior: See
+                :class:`DiscretizedAcquisitionFunction`.
+            maximize: If False, compute the expected decrease below ``best_f``.
+            X_pending: ``n x d`` pending points passed to the model as ``pending_X``.
+        """
+        super().__init__(
+            model=model,
+            posterior_transform=posterior_transform,
+            assume_symmetric_posterior=assume_symmetric_posterior,
+            maximize=maximize,
+            X_pending=X_pending,
+        )
+        self.register_buffer("best_f", _check_best_f(best_f))
+
+    def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:
+        r"""Bucket integrals :math:`\int_l^u \max(z - f^*, 0) dz`."""
+        return _improvement_integral(
+            lower_bound, upper_bound, self._threshold(lower_bound)
+        )
+
+
+class DiscretizedLogExpectedImprovement(DiscretizedExpectedImprovement):
+    r"""Logarithm of the discretized expected improvement, computed in log space.
+
+    .. math::
+
+        \log \mathrm{EI}(x) = \operatorname{logsumexp}_i
+            \left[\log p_i(x) - \log w_i + \log I_i(f^*)\right],
+
+    over the buckets with :math:`p_i > 0` that reach above :math:`f^*`, with
+    :math:`\log I_i = \log w_i + \log(m_i - f^*)` or :math:`2 \log(u_i - f^*) - \log 2`.
+    This equals ``log(EI)`` wherever EI is positive, also where EI itself underflows
+    (e.g. probabilities of ``1e-300`` in the only improving buckets).
+
+    Where EI is exactly zero (no probability mass above :math:`f^*`, e.g. when
+    :math:`f^*` lies above all buckets) the log is :math:`-\infty` and useless for
+    optimization. There a finite, smooth surrogate is returned instead: the log of
+    the expected *soft* improvement :math:`E[\tau \exp((z - f^*) / \tau)]` with a
+    temperature :math:`\tau` (``tail_scale``, default: the mean bucket width),
+
+    .. math::
+
+        \log \sum_i \frac{p_i}{w_i} \tau^2 e^{(u_i - f^*)/\tau}
+            \left(1 - e^{-w_i/\tau}\right),
+
+    which increases as probability moves towards :math:`f^*` and has non-vanishing
+    gradients w.r.t. the probabilities (and hence ``X``).
+
+    Caveat: as a function of :math:`f^*` the value jumps at the edge of the EI = 0
+    region (where :math:`\log \mathrm{EI} \to -\infty`). For a fixed :math:`f^*`
+    and softmax probabilities (never exactly zero) that edge is only reached through
+    underflow, so optimizing over ``X`` sees either the exact log EI everywhere or,
+    when :math:`f^*` lies above all buckets, the surrogate everywhere.
+    """
+
+    _log: bool = True  # average ensembles with logmeanexp
+
+    def __init__(
+        self,
+        model: Model,
+        best_f: float | Tensor,
+        posterior_transform: PosteriorTransform | None = None,
+        assume_symmetric_posterior: bool = False,
+        maximize: bool = True,
+        X_pending: Tensor | None = None,
+        tail_scale: float | None = None,
+    ) -> None:
+        r"""Discretized log expected improvement.
+
+        Args:
+            model: A model whose posterior is a ``BoundedRiemannPosterior``.
+            best_f: The scalar incumbent in objective space.
+            posterior_transform: Optional single-output
+                ``ScalarizedPosteriorTransform`` defining the objective.
+            assume_symmetric_posterior: See
+                :class:`DiscretizedAcquisitionFunction`.
+            maximize: If False, compute the log expected decrease below ``best_f``.
+            X_pending: ``n x d`` pending points passed to the model as ``pending_X``.
+            tail_scale: Temperature :math:`\tau > 0` (objective units) of the surrogate
+                used where EI is exactly zero; default: the mean bucket width.
+        """
+        super().__init__(
+            model=model,
+            best_f=best_f,
+            posterior_transform=posterior_transform,
+            assume_symmetric_posterior=assume_symmetric_posterior,
+            maximize=maximize,
+            X_pending=X_pending,
+        )
+        if tail_scale is not None and not tail_scale > 0:
+            raise ValueError(f"`tail_scale` must be positive, got {tail_scale}.")
+        self.tail_scale = tail_scale
+
+    def _evaluate(self, posterior: BoundedRiemannPosterior) -> Tensor:
+        probs = posterior.probabilities  # batch x q x B
+        lower, upper = posterior.lower_borders, posterior.upper_borders
+        width = upper - lower
+        t = self._threshold(probs)
+        neg_inf = torch.tensor(float("-inf"), dtype=probs.dtype, device=probs.device)
+
+        positive = probs > 0
+        log_p = torch.where(positive, probs, torch.ones_like(probs)).log()
+
+        # exact per-bucket log(I_i / w_i); every branch gets finite inputs only
+        whole = t <= lower
+        part = (t > lower) & (t < upper)
+        log_whole = (torch.where(whole, (lower + upper) / 2 - t, 1.0)).log()
+        log_part = (
+            2 * torch.where(part, upper - t, 1.0).log() - math.log(2) - (width.log())
+        )
+        log_bucket = torch.where(whole, log_whole, log_part)  # B
+        valid = positive & (whole | part)  # batch x q x B
+        has_ei = valid.any(dim=-1, keepdim=True)
+        exact_terms = torch.where(valid, log_p + log_bucket, neg_inf)
+        exact_terms = torch.where(has_ei, exact_terms, 0.0)  # safe rows for lse
+        log_ei = torch.logsumexp(exact_terms, dim=-1)
+
+        # surrogate where EI == 0: log E[tau * exp((z - t) / tau)]
+        tau = (
+            torch.as_tensor(self.tail_scale, dtype=probs.dtype, device=probs.device)
+            if self.tail_scale is not None
+            else width.mean()
+        )
+        log_tail_bucket = (
+            2 * tau.log()
+            + (upper - t) / tau
+            + torch.log(-torch.expm1(-width / tau))
+            - width.log()
+        )
+        tail_terms = torch.where(positive, log_p + log_tail_bucket, neg_inf)
+        tail_terms = torch.where(has_ei, 0.0, tail_terms)  # safe rows for lse
+        log_tail = torch.logsumexp(tail_terms, dim=-1)
+        return torch.where(has_ei.squeeze(-1), log_ei, log_tail)
+
+    def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:
+        r"""Bucket integrals of plain EI (LogEI overrides ``_evaluate``)."""
+        return super().ag_integrate(lower_bound, upper_bound)
+
+
+class DiscretizedNoisyExpectedImprovement(DiscretizedExpectedImprovement):
+    r"""Noisy EI for PFNs trained to predict the improvement itself.
+
+    Such a model's posterior at ``x`` is the distribution of the improvement over the
+    (noisy) incumbent of its training data, so this is EI with ``best_f = 0``.
+    Because the predicted quantity is not the outcome, minimization cannot reflect
+    the posterior: it always asks the model for ``negate_train_ys=True`` (as
+    upstream does).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        posterior_transform: PosteriorTransform | None = None,
+        X_pending: Tensor | None = None,
+        maximize: bool = True,
+        best_f: float | Tensor = 0.0,
+    ) -> None:
+        r"""Discretized noisy expected improvement.
+
+        Args:
+            model: A PFN model trained to predict improvements, whose ``posterior``
+                accepts ``negate_train_ys`` (needed for minimization).
+            posterior_transform: ``None`` or a ``ScalarizedPosteriorTransform`` with a
+                single weight of ``1.0`` or ``-1.0`` (minimization), offset zero.
+            X_pending: ``n x d`` pending points passed to the model as ``pending_X``.
+            maximize: If False, minimize.
+            best_f: Threshold on the predicted improvement; 0 by default.
+        """
+        weight, offset = _direction_from_transform(posterior_transform)
+        if abs(weight) != 1.0 or offset != 0.0:
+            raise UnsupportedError(
+                "DiscretizedNoisyExpectedImprovement only supports posterior "
+                "transforms with weight 1.0 or -1.0 and offset 0 (the model predicts "
+                f"improvements), got weight {weight} and offset {offset}."
+            )
+        super().__init__(
+            model=model,
+            best_f=best_f,
+            posterior_transform=posterior_transform,
+            assume_symmetric_posterior=True,
+            maximize=maximize,
+            X_pending=X_pending,
+        )
+
+    def _threshold(self, like: Tensor) -> Tensor:
+        # The model predicts the improvement of the (possibly negated) problem, so
+        # the threshold applies to that quantity without reflection.
+        return self.best_f.to(like)
+
+
+class DiscretizedProbabilityOfImprovement(
+    _ThresholdMixin, DiscretizedAcquisitionFunction
+):
+    r"""Exact probability of improvement under a piecewise-uniform posterior.
+
+    .. math::
+
+        \mathrm{PI}(x) = \sum_i p_i(x) \,
+            \mathrm{clamp}\left(\frac{u_i - f^*}{w_i}, 0, 1\right).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        best_f: float | Tensor,
+        posterior_transform: PosteriorTransform | None = None,
+        assume_symmetric_posterior: bool = False,
+        maximize: bool = True,
+        X_pending: Tensor | None = None,
+    ) -> None:
+        r"""Discretized probability of improvement.
+
+        Args:
+            model: A model whose posterior is a ``BoundedRiemannPosterior``.
+            best_f: The scalar incumbent in objective space.
+            posterior_transform: Optional single-output
+                ``ScalarizedPosteriorTransform`` defining the objective.
+            assume_symmetric_posterior: See
+                :class:`DiscretizedAcquisitionFunction`.
+            maximize: If False, compute the probability of falling below ``best_f``.
+            X_pending: ``n x d`` pending points passed to the model as ``pending_X``.
+        """
+        super().__init__(
+            model=model,
+            posterior_transform=posterior_transform,
+            assume_symmetric_posterior=assume_symmetric_posterior,
+            maximize=maximize,
+            X_pending=X_pending,
+        )
+        self.register_buffer("best_f", _check_best_f(best_f))
+
+    def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:
+        r"""Bucket integrals :math:`\int_l^u \mathbb{1}[z > f^*] dz`."""
+        t = self._threshold(lower_bound)
+        width = upper_bound - lower_bound
+        return torch.where(
+            t <= lower_bound,
+            width,
+            torch.where(t < upper_bound, upper_bound - t, torch.zeros_like(width)),
+        )
+
+
+class DiscretizedUpperConfidenceBound(DiscretizedAcquisitionFunction):
+    r"""Upper confidence bound as a posterior quantile.
+
+    For a Gaussian, :math:`\mu + \sqrt{\beta} \sigma` is the quantile at level
+    :math:`\Phi(\sqrt{\beta})`. For the (generally skewed, bounded) Riemann posterior
+    we use that quantile directly:
+
+    .. math::
+
+        \mathrm{UCB}(x) = F_{z'}^{-1}\left(\Phi(\sqrt{\beta}) \,\middle|\, x\right),
+
+    of the maximization-oriented objective :math:`z'`, e.g. ``beta = 0.2`` gives the
+    0.673 quantile, ``beta = 4`` the 0.977 quantile and ``beta = 0`` the median. For
+    ``maximize=False`` this is minus the lower quantile of :math:`z` at level
+    :math:`1 - \Phi(\sqrt{\beta})`, mirroring BoTorch's ``UpperConfidenceBound``. The
+    level can also be given directly via ``quantile``.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        beta: float | Tensor = 0.2,
+        posterior_transform: PosteriorTransform | None = None,
+        assume_symmetric_posterior: bool = False,
+        maximize: bool = True,
+        X_pending: Tensor | None = None,
+        quantile: float | None = None,
+    ) -> None:
+        r"""Quantile-based upper confidence bound.
+
+        Args:
+            model: A model whose posterior is a ``BoundedRiemannPosterior``.
+            beta: Non-negative exploration parameter; the quantile level is
+                :math:`\Phi(\sqrt{\beta})`. Ignored if ``quantile`` is given.
+            posterior_transform: Optional single-output
+                ``ScalarizedPosteriorTransform`` defining the objective.
+            assume_symmetric_posterior: See
+                :class:`DiscretizedAcquisitionFunction`.
+            maximize: If False, return minus the lower quantile (see above).
+            X_pending: ``n x d`` pending points passed to the model as ``pending_X``.
+            quantile: Optional level in (0, 1) overriding ``beta``.
+        """
+        super().__init__(
+            model=model,
+            posterior_transform=posterior_transform,
+            assume_symmetric_posterior=assume_symmetric_posterior,
+            maximize=maximize,
+            X_pending=X_pending,
+        )
+        if quantile is None:
+            beta = torch.as_tensor(beta, dtype=torch.float64)
+            if beta.numel() != 1 or not beta.item() >= 0:
+                raise ValueError(f"`beta` must be a non-negative scalar, got {beta}.")
+            level = float(torch.special.ndtr(beta.sqrt()))
+        else:
+            if not 0 < quantile < 1:
+                raise ValueError(f"`quantile` must lie in (0, 1), got {quantile}.")
+            level = float(quantile)
+        self.register_buffer("beta", torch.as_tensor(beta))
+        self.quantile_level = level
+
+    def _evaluate(self, posterior: BoundedRiemannPosterior) -> Tensor:
+        return posterior.quantile(self.quantile_level).squeeze(-1)
+
+    def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:
+        raise NotImplementedError(  # pragma: no cover
+            "UCB is a quantile, not an integral against the density."
+        )
+
+
+# ----------------------------------------------------------------------------
+# Input constructors (used by Ax to build these acquisition functions)
+# ----------------------------------------------------------------------------
+
+
+def _resolve_direction(
+    posterior_transform: PosteriorTransform | None,
+    objective: MCAcquisitionObjective | None,
+    maximize: bool,
+) -> tuple[PosteriorTransform | None, bool]:
+    r"""Turn a ``[+-1]`` scalarization into ``maximize`` and drop it.
+
+    Returns the posterior transform still to be applied (only for general affine
+    scalarizations) and the resolved ``maximize`` flag.
+    """
+    if objective is not None and not isinstance(objective, IdentityMCObjective):
+        if isinstance(objective, LinearMCObjective) and objective.weights.numel() == 1:
+            if posterior_transform is not None:
+                raise UnsupportedError(
+                    "Pass either `objective` or `posterior_transform`, not both."
+                )
+            posterior_transform = ScalarizedPosteriorTransform(
+                weights=objective.weights.reshape(1)
+            )
+        else:
+            raise UnsupportedError(
+                "Discretized acquisition functions support no MC objective other than "
+                "`IdentityMCObjective` or a single-weight `LinearMCObjective`; got "
+                f"{type(objective).__name__}. Use a `ScalarizedPosteriorTransform`."
+            )
+    weight, offset = _direction_from_transform(posterior_transform)
+    if abs(weight) == 1.0 and offset == 0.0:
+        return None, maximize == (weight > 0)
+    return posterior_transform, maximize
+
+
+def _default_best_f(
+    training_data: SupervisedDataset | dict[Hashable, SupervisedDataset],
+    posterior_transform: PosteriorTransform | None,
+    maximize: bool,
+) -> Tensor:
+    r"""Best observed objective value (max, or min if ``maximize=False``)."""
+    if isinstance(training_data, dict):
+        if len(training_data) != 1:
+            raise UnsupportedError(
+                "Discretized acquisition functions need single-output training data "
+                f"to default `best_f`; got {len(training_data)} datasets. Pass "
+                "`best_f` explicitly."
+            )
+        training_data = next(iter(training_data.values()))
+    Y = training_data.Y
+    if posterior_transform is not None:
+        Y = posterior_transform.evaluate(Y)
+    elif Y.shape[-1] != 1:
+        raise UnsupportedError(
+            f"Training data has {Y.shape[-1]} outputs; discretized acquisition "
+            "functions need one (or a `ScalarizedPosteriorTransform`)."
+        )
+    return Y.max() if maximize else Y.min()
+
+
+def construct_inputs_discretized_best_f(
+    model: Model,
+    training_data: SupervisedDataset | dict[Hashable, SupervisedDataset] | None = None,
+    posterior_transform: PosteriorTransform | None = None,
+    objective: MCAcquisitionObjective | None = None,
+    X_pending: Tensor | None = None,
+    best_f: float | Tensor | None = None,
+    maximize: bool = True,
+) -> dict[str, Any]:
+    r"""Inputs for discretized EI, LogEI and PI.
+
+    A single-weight ``ScalarizedPosteriorTransform`` with weight ``+-1`` (Ax uses
+    ``[-1.0]`` for minimization) is converted to ``maximize``, so ``best_f`` is in the
+    model's outcome space: by default the best observed training ``Y`` (its max when
+    maximizing, its min when minimizing). A given ``best_f`` is taken in that space.
+    """
+    posterior_transform, maximize = _resolve_direction(
+        posterior_transform, objective, maximize
+    )
+    if best_f is None:
+        if training_data is None:
+            raise ValueError(
+                "Either `best_f` or `training_data` (to default `best_f` to the best "
+                "observed value) is required."
+            )
+        best_f = _default_best_f(training_data, posterior_transform, maximize)
+    return {
+        "model": model,
+        "best_f": best_f,
+        "posterior_transform": posterior_transform,
+        "maximize": maximize,
+        "X_pending": X_pending,
+    }
+
+
+def construct_inputs_discretized_noisy_ei(
+    model: Model,
+    posterior_transform: PosteriorTransform | None = None,
+    objective: MCAcquisitionObjective | None = None,
+    X_pending: Tensor | None = None,
+    maximize: bool = True,
+) -> dict[str, Any]:
+    r"""Inputs for discretized noisy EI (``training_data`` is not needed)."""
+    posterior_transform, maximize = _resolve_direction(
+        posterior_transform, objective, maximize
+    )
+    return {
+        "model": model,
+        "posterior_transform": posterior_transform,
+        "maximize": maximize,
+        "X_pending": X_pending,
+    }
+
+
+def construct_inputs_discretized_ucb(
+    model: Model,
+    posterior_transform: PosteriorTransform | None = None,
+    objective: MCAcquisitionObjective | None = None,
+    X_pending: Tensor | None = None,
+    beta: float = 0.2,
+    quantile: float | None = None,
+    maximize: bool = True,
+) -> dict[str, Any]:
+    r"""Inputs for the quantile-based discretized UCB."""
+    posterior_transform, maximize = _resolve_direction(
+        posterior_transform, objective, maximize
+    )
+    return {
+        "model": model,
+        "beta": beta,
+        "quantile": quantile,
+        "posterior_transform": posterior_transform,
+        "maximize": maximize,
+        "X_pending": X_pending,
+    }
+
+
+_INPUT_CONSTRUCTORS = {
+    DiscretizedExpectedImprovement: construct_inputs_discretized_best_f,
+    DiscretizedLogExpectedImprovement: construct_inputs_discretized_best_f,
+    DiscretizedProbabilityOfImprovement: construct_inputs_discretized_best_f,
+    DiscretizedNoisyExpectedImprovement: construct_inputs_discretized_noisy_ei,
+    DiscretizedUpperConfidenceBound: construct_inputs_discretized_ucb,
+}
+
+_UPSTREAM_INPUT_CONSTRUCTORS = "botorch_community.acquisition.input_constructors"
+
+
+def _skip_ours(decorator: Any) -> Any:
+    r"""Wrap ``acqf_input_constructor`` so that it leaves our classes alone."""
+
+    def wrapped(*acqf_cls: type[AcquisitionFunction]) -> Any:
+        others = [c for c in acqf_cls if c not in _INPUT_CONSTRUCTORS]
+        if others:
+            return decorator(*others)
+        return lambda method: method
+
+    return wrapped
+
+
+def _register_input_constructors() -> None:
+    r"""Register our input constructors, overriding those of botorch's copy.
+
+    botorch's ``botorch_community.acquisition.input_constructors`` (not shadowed by
+    this package) imports these classes (ours, since our module shadows upstream's)
+    and registers its own constructors for them with a decorator that refuses
+    duplicates. To make ours win regardless of import order:
+
+    * if that module has not been imported, import it first (it registers its
+      constructors for our classes), then overwrite the registry entries;
+    * if it is being imported right now (it imported us), its decorator has not run
+      yet: make it skip our classes, then register ours.
+    """
+    upstream = sys.modules.get(_UPSTREAM_INPUT_CONSTRUCTORS)
+    if upstream is None:
+        try:
+            importlib.import_module(_UPSTREAM_INPUT_CONSTRUCTORS)
+        except ImportError:  # pragma: no cover - botorch without community modules
+            pass
+    elif getattr(getattr(upstream, "__spec__", None), "_initializing", False):
+        if hasattr(upstream, "acqf_input_constructor"):
+            upstream.acqf_input_constructor = _skip_ours(
+                upstream.acqf_input_constructor
+            )
+    for acqf_cls, constructor in _INPUT_CONSTRUCTORS.items():
+        _register_acqf_input_constructor(
+            acqf_cls, allow_only_specific_variable_kwargs(constructor)
+        )
+
+
+_register_input_constructors()
