@@ -14,6 +14,7 @@ the context never attends to test points.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from contextlib import contextmanager
@@ -134,14 +135,15 @@ class PFNModel(Model):
         self.train_Y = train_Y
         self.train_Yvar = train_Yvar
         # Kept for BoTorch/Ax tooling that expects a likelihood; unused by the PFN.
-        # (1e-4: gpytorch's floor for fixed noise, so it does not warn.)
+        # (gpytorch's floor for fixed noise, 1e-3 in float16, so it does not warn.)
+        noise = 1e-3 if train_Y.dtype == torch.float16 else 1e-4
         self.likelihood = FixedNoiseGaussianLikelihood(
-            noise=torch.full_like(train_Y.squeeze(-1), 1e-4)
+            noise=torch.full_like(train_Y.squeeze(-1), noise)
         )
         if input_transform is not None:
             with torch.no_grad():  # transforms that learn (e.g. Normalize) learn here
                 input_transform.train()
-                input_transform.preprocess_transform(train_X)
+                input_transform(train_X)  # (preprocess_transform would not learn)
             input_transform.eval()
             self.input_transform = input_transform
         self.cache_context = cache_context
@@ -149,6 +151,8 @@ class PFNModel(Model):
         self._cache_depth = 0  # nesting level of `cache_training_context()`
         self.num_encodings = 0  # how many times a context was encoded (diagnostics)
         self._warned_outside_cube = False
+        if input_transform is None:
+            self._warn_outside_cube(train_X, stacklevel=3)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -178,6 +182,13 @@ class PFNModel(Model):
     def _validate_training_data(
         train_X: Tensor, train_Y: Tensor, network: PFNTransformer
     ) -> None:
+        for name, t in (("train_X", train_X), ("train_Y", train_Y)):
+            if not t.is_floating_point() or t.dtype == torch.bfloat16:
+                raise UnsupportedError(
+                    f"{name} has dtype {t.dtype}; PFNModel needs float32 or float64 "
+                    "data (float16 works for targets of small magnitude). Convert it, "
+                    f"e.g. `{name}.double()`."
+                )
         if train_X.dim() != 2:
             raise UnsupportedError(
                 f"train_X must be `n x d` (2-dim), got shape {tuple(train_X.shape)}. "
@@ -257,6 +268,8 @@ class PFNModel(Model):
                 f"pending_X must be `n_pending x d` with d={self.train_X.shape[-1]}, got "
                 f"shape {tuple(pending_X.shape)}."
             )
+        if not torch.isfinite(pending_X).all():
+            raise ValueError("pending_X contains NaN or inf values; drop those points.")
         return pending_X.detach()
 
     def _fingerprint(self, ctx_X: Tensor, ctx_Y: Tensor) -> tuple:
@@ -326,19 +339,30 @@ class PFNModel(Model):
             )
         if X.dim() == 1:
             X = X.unsqueeze(0)
+        if not torch.isfinite(X.detach()).all():
+            raise ValueError(
+                "X contains NaN or inf values; the posterior is only defined at finite "
+                "inputs."
+            )
         X_t = self.transform_inputs(X)
-        if not self._warned_outside_cube and not hasattr(self, "input_transform"):
-            with torch.no_grad():
-                outside = (X_t < -1e-6).any() or (X_t > 1 + 1e-6).any()
-            if outside:
-                self._warned_outside_cube = True
-                warnings.warn(
-                    "Inputs lie outside the unit cube [0, 1]^d the PFN was trained on. "
-                    "Pass `input_transform=Normalize(d, bounds=bounds)`.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+        if not hasattr(self, "input_transform"):
+            self._warn_outside_cube(X_t, stacklevel=5)
         return X_t
+
+    def _warn_outside_cube(self, X: Tensor, stacklevel: int) -> None:
+        r"""Warn (once per model) about inputs outside the unit cube."""
+        if self._warned_outside_cube:
+            return
+        with torch.no_grad():
+            outside = bool((X < -1e-6).any() or (X > 1 + 1e-6).any())
+        if outside:
+            self._warned_outside_cube = True
+            warnings.warn(
+                "Inputs lie outside the unit cube [0, 1]^d the PFN was trained on. "
+                "Pass `input_transform=Normalize(d, bounds=bounds)`.",
+                RuntimeWarning,
+                stacklevel=stacklevel,
+            )
 
     def pfn_logits(
         self,
@@ -359,18 +383,18 @@ class PFNModel(Model):
         """
         X_t = self._prepare_X(X)
         ctx_X, ctx_Y, mean, std = self._context(pending_X, negate_train_ys)
-        self.pfn.eval()
-        if self._caching:
-            cache = self._cached_context(ctx_X, ctx_Y)
-            logits = self.pfn.predict(X_t, cache)
-        else:
-            # Reference path: the context goes with every test batch element.
-            X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `b x q x d`
-            b = X_b.shape[0]
-            logits = self.pfn(
-                ctx_X.expand(b, *ctx_X.shape), ctx_Y.expand(b, *ctx_Y.shape), X_b
-            ).reshape(*X_t.shape[:-1], -1)
-            self.num_encodings += 1
+        with _eval_mode(self.pfn):
+            if self._caching:
+                cache = self._cached_context(ctx_X, ctx_Y)
+                logits = self.pfn.predict(X_t, cache)
+            else:
+                # Reference path: the context goes with every test batch element.
+                X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `b x q x d`
+                b = X_b.shape[0]
+                logits = self.pfn(
+                    ctx_X.expand(b, *ctx_X.shape), ctx_Y.expand(b, *ctx_Y.shape), X_b
+                ).reshape(*X_t.shape[:-1], -1)
+                self.num_encodings += 1
         return logits.to(X), mean, std
 
     def posterior(
@@ -408,9 +432,10 @@ class PFNModel(Model):
             )
         self.eval()
         logits, mean, std = self.pfn_logits(X, pending_X, negate_train_ys)
+        borders = self.borders.to(X) * std.squeeze() + mean.squeeze()
+        _check_borders(borders, mean, std)
         posterior = BoundedRiemannPosterior(
-            borders=self.borders.to(X) * std.squeeze() + mean.squeeze(),
-            probabilities=logits.softmax(dim=-1),
+            borders=borders, probabilities=logits.softmax(dim=-1)
         )
         return _apply_posterior_transform(posterior, posterior_transform)
 
@@ -442,16 +467,20 @@ class PFNModel(Model):
             X: `m x d` new inputs (untransformed).
             Y: `m x 1` new targets.
         """
-        if X.dim() != 2 or Y.dim() != 2:
+        d = self.train_X.shape[-1]
+        if X.dim() != 2 or Y.dim() != 2 or X.shape[-1] != d or Y.shape[-1] != 1:
             raise UnsupportedError(
-                "PFNModel.condition_on_observations takes `m x d` X and `m x 1` Y; "
-                "batched conditioning (fantasies) is not supported."
+                f"PFNModel.condition_on_observations takes `m x d` X (d={d}) and `m x 1`"
+                f" Y, got shapes {tuple(X.shape)} and {tuple(Y.shape)}; batched "
+                "conditioning (fantasies) is not supported."
             )
+        tf = getattr(self, "input_transform", None)
         new = self.__class__(
             train_X=torch.cat([self.train_X, X.to(self.train_X)], dim=0),
             train_Y=torch.cat([self.train_Y, Y.to(self.train_Y)], dim=0),
             model=self.pfn,
-            input_transform=getattr(self, "input_transform", None),
+            # A copy: a transform that learns (Normalize) must not change this model's.
+            input_transform=copy.deepcopy(tf) if tf is not None else None,
             cache_context=self.cache_context,
         )
         return new
@@ -460,6 +489,34 @@ class PFNModel(Model):
         raise UnsupportedError(
             "PFNModel does not support fantasize(); use the discretized acquisition "
             "functions or MC acquisition functions that do not fantasize."
+        )
+
+
+@contextmanager
+def _eval_mode(net: torch.nn.Module) -> Iterator[None]:
+    r"""Run `net` in eval mode, restoring its mode after (it may be shared, e.g. with
+    a fine-tuning loop that keeps it in train mode)."""
+    was_training = net.training
+    if was_training:
+        net.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            net.train()
+
+
+def _check_borders(borders: Tensor, mean: Tensor, std: Tensor) -> None:
+    r"""Refuse user-unit bucket borders the dtype cannot represent (they would merge)."""
+    with torch.no_grad():
+        ok = bool(torch.isfinite(borders).all() and (borders[1:] > borders[:-1]).all())
+    if not ok:
+        raise ValueError(
+            f"The predictive's bucket borders in the units of train_Y (mean "
+            f"{mean.item():.6g}, standard deviation {std.item():.6g}) cannot be "
+            f"represented in {borders.dtype}: the targets' spread is too small for "
+            "their magnitude at this precision. Use float64 (train_X, train_Y and X), "
+            "or subtract an offset from train_Y."
         )
 
 
@@ -571,11 +628,12 @@ class MultivariatePFNModel(PFNModel):
         sigma = marginals.variance.squeeze(-1).clamp_min(1e-12).sqrt().reshape(-1, q)
         # Conditioning values in the network's standardised space.
         cond_Y = ((mu + sigma - mean.squeeze()) / std.squeeze()).unsqueeze(-1)
-        base = self._cached_context(ctx_X, ctx_Y) if self._caching else None
-        cache = self.pfn.extend_context(
-            ctx_X, ctx_Y, X_t.unsqueeze(-2), cond_Y.unsqueeze(-1), base_cache=base
-        )  # batch `b x q`: context i holds the n rows plus (x_i, c_i)
-        logits = self.pfn.predict(X_t.unsqueeze(-3), cache).to(X)  # `b x q x q x B`
+        with _eval_mode(self.pfn):
+            base = self._cached_context(ctx_X, ctx_Y) if self._caching else None
+            cache = self.pfn.extend_context(
+                ctx_X, ctx_Y, X_t.unsqueeze(-2), cond_Y.unsqueeze(-1), base_cache=base
+            )  # batch `b x q`: context i holds the n rows plus (x_i, c_i)
+            logits = self.pfn.predict(X_t.unsqueeze(-3), cache).to(X)  # `b x q x q x B`
         cond = BoundedRiemannPosterior(
             borders=marginals.borders, probabilities=logits.softmax(dim=-1)
         )
