@@ -254,3 +254,49 @@ def test_multivariate_q1_is_marginal(net):
     x = torch.rand(4, 1, 3)
     post = m.posterior(x)
     assert type(post) is BoundedRiemannPosterior
+
+
+# ------------------------------------------------------------- acquisition level
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("pending", [False, True])
+def test_acquisition_values_and_grads_cached_equal_reference(net, normalize, pending):
+    from botorch_community.acquisition.discretized import (
+        DiscretizedExpectedImprovement,
+        DiscretizedLogExpectedImprovement,
+    )
+
+    (cached, reference), scale = _models(net, torch.float64, normalize)
+    X_pending = torch.rand(2, 3, dtype=torch.float64) * scale if pending else None
+    X = (torch.rand(9, 1, 3, dtype=torch.float64) * scale).requires_grad_(True)
+    for cls in (DiscretizedExpectedImprovement, DiscretizedLogExpectedImprovement):
+        res = []
+        for m in (cached, reference):
+            acqf = cls(m, best_f=m.train_Y.max(), X_pending=X_pending)
+            val = acqf(X)
+            (g,) = torch.autograd.grad(val.sum(), X)
+            res.append((val.detach(), g))
+        torch.testing.assert_close(res[0][0], res[1][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res[0][1], res[1][1], atol=1e-5, rtol=1e-4)
+        assert res[0][1].abs().max() > 0
+
+
+def test_optimize_acqf_same_candidate_cached_and_reference(net):
+    from botorch.optim import optimize_acqf
+    from botorch_community.acquisition.discretized import DiscretizedExpectedImprovement
+
+    X, Y = _data(dtype=torch.float64)
+    bounds = torch.tensor([[0.0] * 3, [1.0] * 3], dtype=torch.float64)
+    candidates = []
+    for cache_context in (False, True):
+        m = PFNModel(X, Y, model=net, cache_context=False)
+        acqf = DiscretizedExpectedImprovement(m, best_f=Y.max())
+        torch.manual_seed(123)
+        if cache_context:
+            with m.cache_training_context():
+                c, _ = optimize_acqf(acqf, bounds, q=1, num_restarts=8, raw_samples=64)
+            assert m.num_encodings == 1  # one encoding for all restarts and steps
+        else:
+            c, _ = optimize_acqf(acqf, bounds, q=1, num_restarts=8, raw_samples=64)
+            assert m.num_encodings > 8
+        candidates.append(c)
+    torch.testing.assert_close(candidates[0], candidates[1], atol=1e-4, rtol=0)
