@@ -258,8 +258,8 @@ class PFNModel(Model):
                 if hasattr(self, "input_transform"):
                     pending_X = self.input_transform(pending_X)
                 train_X = torch.cat([train_X, pending_X.to(train_X)], dim=-2)
-                nan = torch.full_like(ctx_Y[:1], float("nan"))
-                ctx_Y = torch.cat([ctx_Y, nan.expand(pending_X.shape[-2], 1)], dim=-2)
+                nan = ctx_Y.new_full((pending_X.shape[-2], 1), float("nan"))  # n may be 0
+                ctx_Y = torch.cat([ctx_Y, nan], dim=-2)
         return train_X, ctx_Y, mean, std
 
     def _check_pending(self, pending_X: Tensor) -> Tensor:
