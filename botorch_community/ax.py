@@ -133,8 +133,7 @@ def load_network(
     name = None if network is None else os.fspath(network)
     with _LOCK:
         if name is not None and name in _REGISTERED:
-            net = _REGISTERED[name]
-            return net if net.borders.device == device else net.to(device)
+            return _REGISTERED[name]  # as registered (its device is the user's choice)
         if name is not None and "://" in name:
             raise UnsupportedError(
                 f"network={name!r} looks like a URL; nothing is downloaded at run "
@@ -242,8 +241,8 @@ def construct_pfn_inputs(
         if options.get("network") is not None or options.get("checkpoint_url"):
             raise UnsupportedError("Pass either `model` or `network`, not both.")
     else:
-        spec = options.get("network", options.get("checkpoint_url"))
-        network = load_network("default" if spec is None else spec, training_data.X.device)
+        spec = options.get("network") or options.get("checkpoint_url") or "default"
+        network = load_network(spec, training_data.X.device)
     inputs: dict[str, Any] = {
         "train_X": training_data.X,
         "train_Y": Y,
@@ -368,6 +367,12 @@ def pfn_model_config(
 
     from botorch_community.models.prior_fitted_network import PFNModel
 
+    if model_class is not None and not (
+        isinstance(model_class, type) and issubclass(model_class, PFNModel)
+    ):
+        raise UnsupportedError(
+            f"model_class must be PFNModel or a subclass, got {model_class!r}."
+        )
     if isinstance(network, PFNTransformer):
         raise UnsupportedError(
             "Pass the network by name, not as an object: Ax deep-copies model options "

@@ -1,0 +1,401 @@
+#!/usr/bin/env python3
+r"""PFN surrogates in Ax 1.3 (modular BoTorch generator): no GP fit, user units, shared
+networks, one context encoding per model per generation call, JSON round trip."""
+
+import logging
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("ax", reason="ax-platform is not installed")
+
+from ax import Client, RangeParameterConfig  # noqa: E402
+from ax.adapter.registry import Generators  # noqa: E402
+from ax.generation_strategy.generation_node import GenerationStep  # noqa: E402
+from ax.generation_strategy.generation_strategy import (  # noqa: E402
+    GenerationStrategy,
+)
+from ax.generators.torch.botorch_modular.surrogate import SurrogateSpec  # noqa: E402
+from ax.generators.torch.botorch_modular.utils import (  # noqa: E402
+    fit_botorch_model,
+    ModelConfig,
+)
+from ax.storage.botorch_modular_registry import (  # noqa: E402
+    CLASS_TO_REVERSE_REGISTRY,
+)
+from botorch.acquisition.acquisition import AcquisitionFunction  # noqa: E402
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement  # noqa: E402
+from botorch.exceptions.errors import UnsupportedError  # noqa: E402
+from botorch.models import SingleTaskGP  # noqa: E402
+from botorch.models.model import Model, ModelList  # noqa: E402
+from botorch.models.transforms.input import Normalize  # noqa: E402
+from botorch.utils.datasets import SupervisedDataset  # noqa: E402
+
+import botorch_community.ax as bax  # noqa: E402
+from botorch_community.acquisition.discretized import (  # noqa: E402
+    DiscretizedExpectedImprovement,
+    DiscretizedLogExpectedImprovement,
+)
+from botorch_community.models.prior_fitted_network import (  # noqa: E402
+    MultivariatePFNModel,
+    PFNModel,
+)
+from botorch_community.pfn.checkpoint import DEFAULT_WEIGHTS  # noqa: E402
+from botorch_community.pfn.checkpoint import save_pretrained  # noqa: E402
+from botorch_community.pfn.testing import random_pfn  # noqa: E402
+
+SMALL_OPT = {"num_restarts": 4, "raw_samples": 64}
+BOUNDS = {"x1": (-5.0, 10.0), "x2": (0.0, 15.0)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny networks: one thread is faster, and on a busy 2-core machine two threads
+    # per process make every small matmul spin (measured: 30x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_ax():
+    logger = logging.getLogger("ax")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def net():
+    # A tiny random network: these tests are about the plumbing, not BO quality.
+    network = random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=64)
+    bax.register_network("test-pfn", network)
+    return network
+
+
+def branin(p):
+    x1, x2 = p["x1"], p["x2"]
+    return (
+        (x2 - 5.1 / (4 * math.pi**2) * x1**2 + 5 / math.pi * x1 - 6) ** 2
+        + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1)
+        + 10
+    )
+
+
+def bowl(p):  # smooth, no outliers: Ax's winsorization leaves it alone
+    return (p["x1"] - 1.0) ** 2 / 10 + (p["x2"] - 4.0) ** 2 / 10 + 3.0
+
+
+def make_client(gs, objective="-f", constraints=None, seed=0):
+    client = Client(random_seed=seed)
+    client.configure_experiment(
+        parameters=[
+            RangeParameterConfig(name=n, parameter_type="float", bounds=b)
+            for n, b in BOUNDS.items()
+        ]
+    )
+    client.configure_optimization(objective=objective, outcome_constraints=constraints)
+    client.set_generation_strategy(gs)
+    return client
+
+
+def run(client, n, metrics):
+    for _ in range(n):
+        for idx, p in client.get_next_trials(max_trials=1).items():
+            client.complete_trial(idx, raw_data={k: f(p) for k, f in metrics.items()})
+
+
+def surrogate_model(client) -> Model:
+    return client._generation_strategy.adapter.generator.surrogate.model
+
+
+def pfn_models(client) -> list:
+    model = surrogate_model(client)
+    return list(model.models) if isinstance(model, ModelList) else [model]
+
+
+@pytest.fixture(scope="module")
+def no_gp_fit():
+    r"""Make any MLL fit inside Ax fail loudly."""
+    import ax.generators.torch.botorch_modular.utils as ax_utils
+
+    def fail(*args, **kwargs):
+        raise AssertionError("Ax ran an MLL fit on a PFN model")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ax_utils, "fit_gpytorch_mll", fail)
+        yield
+
+
+class Counter:
+    r"""Counts `encode_context` calls on a network and `PFNModel.posterior` calls."""
+
+    def __init__(self, monkeypatch, network):
+        self.encode = self.posterior = 0
+        encode, posterior = network.encode_context, PFNModel.posterior
+
+        def counting_encode(*args, **kwargs):
+            self.encode += 1
+            return encode(*args, **kwargs)
+
+        def counting_posterior(model, *args, **kwargs):
+            self.posterior += 1
+            return posterior(model, *args, **kwargs)
+
+        monkeypatch.setattr(network, "encode_context", counting_encode, raising=False)
+        monkeypatch.setattr(PFNModel, "posterior", counting_posterior)
+
+
+# ------------------------------------ (1) the recipe: Client + pfn_generation_strategy
+@pytest.fixture(scope="module")
+def client(net, no_gp_fit):
+    gs = bax.pfn_generation_strategy(  # default acquisition: discretized LogEI
+        num_sobol=4, network="test-pfn", optimizer_options=SMALL_OPT, seed=0
+    )
+    client = make_client(gs)
+    run(client, 5, {"f": bowl})  # 4 Sobol + 1 PFN trial
+    return client
+
+
+def test_client_recipe(client, net):
+    nodes = [t.generator_runs[0]._generation_node_name for t in trials_of(client)]
+    assert nodes == ["GenerationStep_0_Sobol"] * 4 + ["GenerationStep_1_BoTorch"]
+    (model,) = pfn_models(client)
+    assert type(model) is PFNModel and model.pfn is net
+    acqf = client._generation_strategy.adapter.generator._acquisition.acqf
+    assert isinstance(acqf, DiscretizedLogExpectedImprovement)
+    assert not acqf.maximize  # "-f": Ax's weight -1 became minimisation
+    # Ax's fitting entry point resolves to our no-op (the fixture forbids MLL fits).
+    fit_botorch_model(model, mll_class=None, mll_options=None)
+
+
+def trials_of(client):
+    return sorted(client._experiment.trials.values(), key=lambda t: t.index)
+
+
+# ----------------------------------------------------- (2) predictions in user units
+def test_predictions_in_user_units(client, net):
+    (model,) = pfn_models(client)
+    # Ax feeds the model X in parameter units (with a Normalize to the search-space
+    # bounds) and standardised Y.
+    X = model.train_X
+    arms = torch.tensor(
+        [[t.arm.parameters["x1"], t.arm.parameters["x2"]] for t in trials_of(client)],
+        dtype=torch.float64,
+    )
+    assert torch.equal(X, arms[: X.shape[0]])
+    assert isinstance(model.input_transform, Normalize)
+    Y = torch.tensor([[bowl({"x1": a, "x2": b})] for a, b in X.tolist()], dtype=X.dtype)
+    fed = model.train_Y.squeeze(-1)
+    assert fed.std() == pytest.approx(1.0, abs=1e-6)  # standardised, not winsorized
+    assert torch.corrcoef(torch.stack([fed, Y.squeeze(-1)]))[0, 1] > 1 - 1e-9
+
+    bounds = torch.tensor(list(BOUNDS.values()), dtype=torch.float64).T
+    direct = PFNModel(X, Y, model=net, input_transform=Normalize(2, bounds=bounds))
+    points = [{"x1": -2.0, "x2": 7.5}, {"x1": 4.0, "x2": 1.0}, {"x1": 9.0, "x2": 14.0}]
+    Xp = torch.tensor([[p["x1"], p["x2"]] for p in points], dtype=torch.float64)
+    with torch.no_grad():
+        post = direct.posterior(Xp)
+    ax_pred = client.predict(points)
+    mean = torch.tensor([p["f"][0] for p in ax_pred], dtype=torch.float64)
+    sem = torch.tensor([p["f"][1] for p in ax_pred], dtype=torch.float64)
+    scale = Y.std()
+    torch.testing.assert_close(mean, post.mean.squeeze(-1), atol=1e-4 * scale, rtol=0)
+    torch.testing.assert_close(
+        sem, post.variance.squeeze(-1).sqrt(), atol=1e-4 * scale, rtol=1e-4
+    )
+    assert mean.min() > 0  # user units (bowl >= 3), not standardised
+
+
+# ------------------------------------------------ (4) encodings per generation call
+def test_one_encoding_per_generation_call(client, net, monkeypatch):
+    count = Counter(monkeypatch, net)
+    run(client, 1, {"f": bowl})  # one generation call on new data
+    (model,) = pfn_models(client)
+    assert count.posterior > 10  # raw samples, restarts, L-BFGS steps, predictions
+    assert count.encode == 1 and model.num_encodings == 1
+
+
+def test_pending_trial_reaches_discretized_acquisition(client, net, monkeypatch):
+    count = Counter(monkeypatch, net)
+    client.get_next_trials(max_trials=1)  # left running: pending at the next call
+    count.encode = 0
+    client.get_next_trials(max_trials=1)
+    acqf = client._generation_strategy.adapter.generator._acquisition.acqf
+    assert acqf.X_pending is not None and acqf.X_pending.shape[0] == 1
+    # One context with the pending row (acquisition), one without (Ax's predictions).
+    assert count.encode == 2
+    for idx, trial in client._experiment.trials.items():
+        if not trial.status.is_terminal:
+            client.complete_trial(idx, raw_data={"f": bowl(trial.arm.parameters)})
+
+
+# ----------------------------------------------------------- (5) JSON round trip
+def test_json_round_trip(client, net, tmp_path):
+    path = tmp_path / "snapshot.json"
+    client.save_to_json_file(str(path))
+    text = path.read_text()
+    assert '"PFNModel"' in text and '"DiscretizedLogExpectedImprovement"' in text
+
+    loaded = Client.load_from_json_file(str(path))
+    assert len(loaded._experiment.trials) == len(client._experiment.trials)
+    node = loaded._generation_strategy.nodes_by_name["GenerationStep_1_BoTorch"]
+    kwargs = node.generator_specs[0].generator_kwargs
+    (config,) = kwargs["surrogate_spec"].model_configs
+    assert config.botorch_model_class is PFNModel
+    assert config.model_options == {"network": "test-pfn", "cache_context": True}
+    assert kwargs["botorch_acqf_class"] is DiscretizedLogExpectedImprovement
+    run(loaded, 1, {"f": bowl})  # and it keeps optimising with the PFN
+    (model,) = pfn_models(loaded)
+    assert type(model) is PFNModel and model.pfn is net
+
+
+def test_registries():
+    assert CLASS_TO_REVERSE_REGISTRY[Model]["PFNModel"] is PFNModel
+    assert CLASS_TO_REVERSE_REGISTRY[Model]["MultivariatePFNModel"] is (
+        MultivariatePFNModel
+    )
+    assert CLASS_TO_REVERSE_REGISTRY[AcquisitionFunction][
+        "DiscretizedExpectedImprovement"
+    ] is DiscretizedExpectedImprovement
+    assert fit_botorch_model.dispatch(MultivariatePFNModel) is (
+        fit_botorch_model.dispatch(PFNModel)
+    )
+
+
+# ---- (1b, 3, 4) hand-built GenerationStrategy, objective + constraint, shared network
+@pytest.fixture(scope="module")
+def constrained_client(tmp_path_factory, no_gp_fit):
+    path = tmp_path_factory.mktemp("pfn") / "net"
+    save_pretrained(random_pfn(num_features=4, emsize=32, nlayers=2, seed=5), path)
+    config = ModelConfig(
+        botorch_model_class=PFNModel, model_options={"network": str(path)}
+    )
+    gs = GenerationStrategy(
+        nodes=[
+            GenerationStep(
+                generator=Generators.SOBOL, num_trials=4, generator_kwargs={"seed": 1}
+            ),
+            GenerationStep(
+                generator=Generators.BOTORCH_MODULAR,
+                num_trials=-1,
+                generator_kwargs={
+                    "surrogate_spec": SurrogateSpec(model_configs=[config]),
+                    "botorch_acqf_class": qLogNoisyExpectedImprovement,
+                },
+                generator_gen_kwargs={
+                    "model_gen_options": {"optimizer_kwargs": SMALL_OPT}
+                },
+            ),
+        ]
+    )
+    client = make_client(gs, constraints=["c <= 12.0"])
+    run(client, 4, CONSTRAINED)
+    return client, path
+
+
+CONSTRAINED = {"f": bowl, "c": lambda p: p["x1"] + p["x2"]}
+
+
+@pytest.mark.filterwarnings("ignore:When all training points are infeasible")
+def test_objective_and_constraint_share_one_network(constrained_client, monkeypatch):
+    client, path = constrained_client
+    shared = bax.load_network(path)  # memoised: the object the models use
+    count = Counter(monkeypatch, shared)
+    run(client, 1, CONSTRAINED)  # one generation call
+    model = surrogate_model(client)
+    assert isinstance(model, ModelList) and len(model.models) == 2
+    a, b = model.models
+    assert type(a) is PFNModel and type(b) is PFNModel
+    assert a.pfn is b.pfn is shared
+    assert bax.load_network(f"{path}.safetensors") is shared
+    assert a.kv_cache is not None and b.kv_cache is not None
+    assert a.kv_cache is not b.kv_cache  # each outcome its own context
+    assert not torch.equal(a.train_Y, b.train_Y)
+    # (4) one encoding per model for the whole generation call
+    assert count.posterior > 20
+    assert count.encode == 2 and [m.num_encodings for m in model.models] == [1, 1]
+    acqf = client._generation_strategy.adapter.generator._acquisition.acqf
+    assert isinstance(acqf, qLogNoisyExpectedImprovement)
+
+
+# ----------------------------------------------------------- clear errors
+def _dataset(m=1):
+    X = torch.rand(5, 2, dtype=torch.float64)
+    return SupervisedDataset(
+        X, X[:, :m].sin(), feature_names=["a", "b"],
+        outcome_names=[f"y{i}" for i in range(m)],
+    )
+
+
+def test_construct_inputs(net):
+    ds = _dataset()
+    inputs = PFNModel.construct_inputs(ds, network="test-pfn", cache_context=False)
+    assert inputs["model"] is net and inputs["cache_context"] is False
+    model = PFNModel(**inputs)
+    assert model.pfn is net
+    with pytest.raises(UnsupportedError, match=r"unknown model option\(s\) \['nu'\]"):
+        PFNModel.construct_inputs(ds, network="test-pfn", nu=2.5)
+    with pytest.raises(UnsupportedError, match="not both"):
+        PFNModel.construct_inputs(ds, network="test-pfn", checkpoint_url="x")
+    with pytest.raises(UnsupportedError, match="single outcome"):
+        PFNModel.construct_inputs(_dataset(2), network="test-pfn")
+    with pytest.raises(UnsupportedError, match="task_feature"):
+        PFNModel.construct_inputs(ds, network="test-pfn", task_feature=1)
+    with pytest.raises(UnsupportedError, match="URL"):
+        PFNModel.construct_inputs(ds, network="https://example.com/net")
+    with pytest.raises(FileNotFoundError, match="registered network name"):
+        PFNModel.construct_inputs(ds, network="no-such-net")
+    with pytest.warns(UserWarning, match="categorical"):
+        PFNModel.construct_inputs(ds, network="test-pfn", categorical_features=[1])
+    with pytest.raises(UnsupportedError, match="register_network"):
+        bax.pfn_model_config(network=net)
+
+
+def test_model_selection_gives_clear_error(net):
+    configs = [
+        bax.pfn_model_config(network="test-pfn"),
+        ModelConfig(botorch_model_class=SingleTaskGP, name="GP"),
+    ]
+    gs = GenerationStrategy(
+        nodes=[
+            GenerationStep(generator=Generators.SOBOL, num_trials=3),
+            GenerationStep(
+                generator=Generators.BOTORCH_MODULAR,
+                num_trials=-1,
+                generator_kwargs={
+                    "surrogate_spec": SurrogateSpec(model_configs=configs)
+                },
+            ),
+        ]
+    )
+    client = make_client(gs)
+    run(client, 3, {"f": bowl})
+    with pytest.raises(UnsupportedError, match="single ModelConfig"):
+        client.get_next_trials(max_trials=1)
+
+
+# -------------------------------------------- (6) end to end, shipped default network
+def _has_default_weights():
+    return DEFAULT_WEIGHTS.with_name("default.safetensors").exists()
+
+
+@pytest.mark.skipif(
+    not _has_default_weights(),
+    reason="the shipped default network (pfn/weights/default.safetensors) is not "
+    "installed yet",
+)
+def test_branin_end_to_end_default_network():
+    gs = bax.pfn_generation_strategy(num_sobol=8, optimizer_options=SMALL_OPT, seed=0)
+    client = make_client(gs, objective="-branin")
+    run(client, 14, {"branin": branin})
+    values = [
+        branin(t.arm.parameters)
+        for t in sorted(client._experiment.trials.values(), key=lambda t: t.index)
+    ]
+    (model,) = pfn_models(client)
+    assert model.pfn is bax.load_network("default")
+    assert min(values[8:]) < min(values[:8])
