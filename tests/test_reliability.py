@@ -237,9 +237,11 @@ def test_outside_unit_cube_warns_once_per_model(net):
     x_out = torch.rand(4, 3) + 2
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        m = PFNModel(X * 5, Y, model=net)  # training inputs outside
+        m = PFNModel(X * 5, Y, model=net)  # training inputs outside: warned at once
+        assert len(rec) == 1
         for _ in range(3):
             m.posterior(x_out)
+        assert len(rec) == 1
         m2 = PFNModel(X, Y, model=net)  # test inputs outside
         for _ in range(3):
             m2.posterior(x_out)
