@@ -378,6 +378,48 @@ def test_model_selection_gives_clear_error(net):
         client.get_next_trials(max_trials=1)
 
 
+# ------------------------------------------- import behaviour (fresh interpreters)
+LAZY = """
+import sys
+import botorch_community.models.prior_fitted_network as m
+assert "ax" not in sys.modules, "importing the model must not import Ax"
+import ax  # the registrations run right after Ax's package import
+from ax.storage.botorch_modular_registry import CLASS_TO_REVERSE_REGISTRY as R
+from botorch.models.model import Model
+from botorch.acquisition.acquisition import AcquisitionFunction
+assert R[Model]["PFNModel"] is m.PFNModel
+assert "DiscretizedLogExpectedImprovement" in R[AcquisitionFunction]
+"""
+WITHOUT_AX = """
+import sys
+sys.modules["ax"] = None  # as if ax-platform were not installed
+import torch
+from botorch.utils.datasets import SupervisedDataset
+from botorch_community.models.prior_fitted_network import PFNModel
+from botorch_community import ax as bax
+from botorch_community.pfn.testing import random_pfn
+assert not bax.AX_AVAILABLE and not bax.register_with_ax()
+X = torch.rand(4, 2)
+ds = SupervisedDataset(X, X[:, :1], feature_names=["a", "b"], outcome_names=["y"])
+PFNModel(**PFNModel.construct_inputs(ds, model=random_pfn(num_features=2)))
+"""
+
+
+@pytest.mark.parametrize("script", [LAZY, WITHOUT_AX], ids=["lazy", "without_ax"])
+def test_import_behaviour(script):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 # -------------------------------------------- (6) end to end, shipped default network
 def _has_default_weights():
     return DEFAULT_WEIGHTS.with_name("default.safetensors").exists()
