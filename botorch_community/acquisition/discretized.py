@@ -115,7 +115,9 @@ def _direction_from_transform(
         raise UnsupportedError(
             "Discretized acquisition functions only support single-output models: "
             "the `ScalarizedPosteriorTransform` must have exactly one non-zero weight "
-            f"(e.g. [1.0] to maximize or [-1.0] to minimize), got {weights.tolist()}."
+            f"(e.g. [1.0] to maximize or [-1.0] to minimize), got {weights.tolist()}. "
+            "For outcome constraints or several objectives (e.g. in Ax), use an MC "
+            "acquisition function such as botorch's qLogNoisyExpectedImprovement."
         )
     return float(weights.item()), float(posterior_transform.offset)
 
@@ -825,3 +827,8 @@ def _register_input_constructors() -> None:
 
 
 _register_input_constructors()
+
+
+# Ax integration (input constructors are registered above; storage registries when Ax is
+# imported; a no-op without Ax). See botorch_community/ax.py.
+import botorch_community.ax  # noqa: E402, F401
