@@ -67,7 +67,7 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     max_context=200,
     steps=20000,  # schedule length (--steps overrides; budget_minutes sets it)
     budget_minutes=None,
-    calibrate_steps=300,
+    calibrate_steps=800,
     lr=5e-4,
     min_lr_ratio=0.01,
     warmup_steps=500,
@@ -498,7 +498,9 @@ def train(
 
         # schedule length from measured throughput
         if state["total_steps"] is None and t["budget_minutes"]:
-            mark_step = min(20, t["calibrate_steps"] // 2)
+            # time the second half of the calibration steps: the first steps run slow
+            # (CUDA/cuBLAS warm-up, the allocator growing for each new context size)
+            mark_step = t["calibrate_steps"] // 2
             if step == mark_step or (calib_mark is None and step > mark_step):
                 sync()  # time from here (after the first, slow steps)
                 calib_mark = (step, time.time())
