@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--raw-samples", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="demo_output", help="folder for PNG + JSON")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (1 is fastest for this small network on a busy CPU)",
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
     problem = Hartmann(dim=6, negate=True)  # maximise -Hartmann
