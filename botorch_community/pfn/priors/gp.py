@@ -217,6 +217,7 @@ class GPHyperparameters:
         eps = 1e-12
         Xc = X.clamp(eps, 1.0 - eps)
         W = 1.0 - (1.0 - Xc**a).clamp_min(0.0) ** b
+        W = torch.where(X >= 1.0, torch.ones_like(W), torch.where(X <= 0.0, torch.zeros_like(W), W))
         unwarped = (a == 1.0) & (b == 1.0)
         return torch.where(unwarped, X, W)
 
