@@ -219,6 +219,9 @@ def main() -> None:
     from botorch_community.pfn.standardize import context_moments
 
     net = load_pretrained(args.checkpoint)
+    from botorch_community.pfn.checkpoint import read_checkpoint_config
+
+    ckpt_sha = read_checkpoint_config(args.checkpoint).get("sha256")
     ckpt = str(args.checkpoint or DEFAULT_WEIGHTS)
     meta = getattr(net, "checkpoint_metadata", {}) or {}
     if "prior" in meta:
@@ -360,8 +363,8 @@ def main() -> None:
 
     summary = summarize(results)
     out = {
-        "benchmark": "quality_nll", "checkpoint": ckpt,
-        "checkpoint_step": meta.get("step"), "prior_source": prior_src, "prior": prior.to_dict(),
+        "benchmark": "quality_nll", "checkpoint": ckpt, "checkpoint_sha256": ckpt_sha,
+        "checkpoint_step": meta.get("step", (meta.get("training") or {}).get("steps")), "prior_source": prior_src, "prior": prior.to_dict(),
         "args": vars(args), "skipped_dims": skipped_dims, "units_check": units_check,
         "noise_free_below": NOISE_FREE_BELOW, "low_ess": LOW_ESS,
         "elapsed_s": elapsed, "machine": C.machine_info("cpu"),
@@ -413,7 +416,7 @@ def markdown(out) -> str:
     res, a = out["cells"], out["args"]
     L = [
         f"### PFN predictive quality on held-out prior datasets ({Path(out['checkpoint']).name}"
-        f", step {out['checkpoint_step']})", "",
+        f", step {out['checkpoint_step']}, sha256 {str(out.get('checkpoint_sha256'))[:12]})", "",
         f"Mean NLL per test point of the raw y (nats; lower is better), {a['datasets']} "
         f"datasets x {a['test_points']} test points per cell; Bayes = SNIS over "
         f"{a['samples']} prior hyperparameter draws; ± = standard error over datasets "
