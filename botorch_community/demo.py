@@ -12,6 +12,7 @@ writes a PNG of the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -27,10 +28,16 @@ from botorch_community.models.prior_fitted_network import PFNModel
 from botorch_community.pfn import load_pretrained
 
 
-def _optimize(model: PFNModel, bounds, best_f, restarts: int, raw: int, seed: int):
+def _optimize(
+    model: PFNModel, bounds, best_f, restarts: int, raw: int, seed: int,
+    cached: bool = True,
+):
+    r"""One candidate from discretized log-EI. With `cached=False` (and a model built
+    with `cache_context=False`) every call runs the reference path."""
     acqf = DiscretizedLogExpectedImprovement(model, best_f=best_f)
     torch.manual_seed(seed)
-    with model.cache_training_context():
+    block = model.cache_training_context() if cached else contextlib.nullcontext()
+    with block:
         candidate, _ = optimize_acqf(
             acqf, bounds=bounds, q=1, num_restarts=restarts, raw_samples=raw
         )
@@ -78,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = PFNModel(X, Y, model=network, cache_context=cache_context)
         t0 = time.perf_counter()
         candidates[label] = _optimize(
-            model, bounds, Y.max(), args.restarts, args.raw_samples, args.seed
+            model, bounds, Y.max(), args.restarts, args.raw_samples, args.seed,
+            cached=cache_context,
         )
         timings[label] = time.perf_counter() - t0
     best = int(Y.argmax())
@@ -93,8 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_per_iteration_cached": sum(iter_times) / len(iter_times),
         "acqf_optimization_seconds": timings,
         "uncached_over_cached": timings["uncached"] / timings["cached"],
-        "same_candidate": bool(
-            torch.allclose(candidates["cached"], candidates["uncached"], atol=1e-4)
+        # Both paths agree to float32 round-off per call; L-BFGS-B can still end in
+        # different local optima of a multimodal acquisition surface.
+        "candidate_max_abs_difference": float(
+            (candidates["cached"] - candidates["uncached"]).abs().max()
         ),
     }
     out = Path(args.out)
@@ -110,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{result['seconds_per_iteration_cached']:.2f} s")
     print(f"One optimize_acqf at n={Y.shape[0]}: cached {timings['cached']:.2f} s, "
           f"uncached {timings['uncached']:.2f} s "
-          f"({result['uncached_over_cached']:.1f}x); same candidate: "
-          f"{result['same_candidate']}")
+          f"({result['uncached_over_cached']:.1f}x); candidates differ by at most "
+          f"{result['candidate_max_abs_difference']:.2g}")
     print(f"Plot: {out / 'demo_run.png'}  Figures: {out / 'demo_result.json'}")
     return result
 
