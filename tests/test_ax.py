@@ -50,16 +50,6 @@ SMALL_OPT = {"num_restarts": 4, "raw_samples": 64}
 BOUNDS = {"x1": (-5.0, 10.0), "x2": (0.0, 15.0)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny networks: one thread is faster, and on a busy 2-core machine two threads
-    # per process make every small matmul spin (measured: 30x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _quiet_ax():
     logger = logging.getLogger("ax")

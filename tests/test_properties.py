@@ -33,16 +33,6 @@ SETTINGS = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks gain nothing from intra-op threads; on a busy 2-core machine
-    # OpenMP's barriers make every op ~100x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @st.composite
 def cases(draw, max_batch_dims=2, q_max=3):
     r"""A random problem: data, test inputs and pending points."""

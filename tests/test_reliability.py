@@ -39,16 +39,6 @@ ATOL = 1e-5
 TINY = dict(num_features=4, emsize=16, nlayers=2, nhead=2, nhid=32, num_buckets=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks gain nothing from intra-op threads, and on a busy 2-core CI machine
-    # OpenMP's barriers make every op ~100x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def net():
     return random_pfn(**TINY)
