@@ -119,3 +119,34 @@ def test_batches_are_standardised_by_context_moments():
     # the same step gives the same batch
     (tx2, ty2, _, _), _, _ = s.sample(3, n=10)
     assert torch.equal(tx, tx2) and torch.equal(torch.nan_to_num(ty), torch.nan_to_num(ty2))
+
+
+def test_warm_start_copies_weights_and_borders_and_checks_architecture(tmp_path):
+    train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
+    src = load_pretrained(tmp_path / "a" / "model")
+    # a warm start at lr 0 keeps the weights and the borders exactly
+    over = FAST + [f"train.init_from={json.dumps(str(tmp_path / 'a' / 'model'))}",
+                   "train.lr=0", "train.min_lr_ratio=1", "train.seed=5"]  # fmt: skip
+    state = train("tiny", tmp_path / "b", steps=2, overrides=over, progress=False)
+    assert state["step"] == 2
+    warm = load_pretrained(tmp_path / "b" / "model")
+    assert torch.equal(warm.borders, src.borders)
+    for (k, v), (k2, v2) in zip(src.state_dict().items(), warm.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    # a different architecture is refused with the differing field named
+    bad = over + ["model.emsize=48"]
+    with pytest.raises(ValueError, match="emsize: config 48 vs checkpoint"):
+        train("tiny", tmp_path / "c", steps=1, overrides=bad, progress=False)
+
+
+def test_large_context_share_shifts_context_sizes():
+    cfg = load_config("tiny", ["train.large_context_share=1.0", "train.large_context_min=12"])
+    sampler = PriorSampler(cfg, torch.device("cpu"))
+    ns = [sampler.shapes(s)[0] for s in range(200)]
+    assert min(ns) >= 12 and max(ns) == cfg["train"]["max_context"]
+    cfg = load_config("tiny", ["train.large_context_share=0.5", "train.large_context_min=12"])
+    sampler = PriorSampler(cfg, torch.device("cpu"))
+    ns = [sampler.shapes(s)[0] for s in range(400)]
+    assert min(ns) < 12 and 0.5 < sum(n >= 12 for n in ns) / len(ns) < 0.85
+    with pytest.raises(ValueError, match="large_context_share"):
+        load_config("tiny", ["train.large_context_share=1.5"])

@@ -50,7 +50,11 @@ import torch
 from torch import Tensor
 
 from botorch_community.pfn.bar_distribution import bar_nll, borders_from_samples
-from botorch_community.pfn.checkpoint import load_pretrained, save_pretrained
+from botorch_community.pfn.checkpoint import (
+    load_pretrained,
+    read_checkpoint_config,
+    save_pretrained,
+)
 from botorch_community.pfn.priors.gp import GPPriorConfig, sample_gp_prior
 from botorch_community.pfn.standardize import context_moments
 from botorch_community.pfn.transformer import PFNTransformer
@@ -65,6 +69,12 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     seq_len=250,  # rows per dataset; n context rows, seq_len - n test rows
     min_context=0,
     max_context=200,
+    # share of steps whose context size is drawn from U{large_context_min..max_context}
+    # instead of U{min_context..max_context}: more training signal where interpolation
+    # is hardest. It changes how often each n is seen, not the prior, so the Bayes
+    # predictive the network approximates for each n is the same.
+    large_context_share=0.0,
+    large_context_min=50,
     steps=20000,  # schedule length (--steps overrides; budget_minutes sets it)
     budget_minutes=None,
     calibrate_steps=800,
@@ -75,6 +85,11 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     betas=[0.9, 0.999],
     grad_clip=1.0,
     amp=True,  # bf16 autocast on CUDA
+    tf32=True,  # TF32 matmuls on CUDA where amp is off (or for ops autocast keeps in fp32)
+    # warm start: a checkpoint path (or "default", the shipped network) whose weights and
+    # bucket borders initialise the run (fresh optimizer and schedule); its architecture
+    # must match the config's model section
+    init_from=None,
     missing_prob=0.2,  # share of datasets with missing (NaN) context targets
     missing_share=0.5,  # in those, each target is missing w.p. U(0, missing_share)
     border_samples=500_000,
@@ -143,6 +158,12 @@ def load_config(
     cfg["model"]["max_context"] = t["max_context"]
     if not 0 <= t["min_context"] <= t["max_context"] < t["seq_len"]:
         raise ValueError("Need 0 <= min_context <= max_context < seq_len.")
+    if not 0.0 <= t["large_context_share"] <= 1.0:
+        raise ValueError(f"train.large_context_share must be in [0, 1], got {t['large_context_share']}.")
+    if t["large_context_share"] > 0 and not (
+        t["min_context"] <= t["large_context_min"] <= t["max_context"]
+    ):
+        raise ValueError("Need min_context <= large_context_min <= max_context.")
     return cfg
 
 
@@ -184,7 +205,11 @@ class PriorSampler:
     def shapes(self, step: int, stream: int = 0) -> tuple[int, int]:
         r"""Context size `n` and input dimension `d` of a step (same on all ranks)."""
         self.cpu_g.manual_seed(_step_seed(self.t["seed"], step, stream))
-        n = int(torch.randint(self.t["min_context"], self.t["max_context"] + 1, (1,), generator=self.cpu_g))
+        lo = self.t["min_context"]
+        share = self.t.get("large_context_share", 0.0)
+        if share > 0 and float(torch.rand((), generator=self.cpu_g)) < share:
+            lo = self.t["large_context_min"]
+        n = int(torch.randint(lo, self.t["max_context"] + 1, (1,), generator=self.cpu_g))
         d = int(torch.randint(self.prior.min_dim, self.prior.max_dim + 1, (1,), generator=self.cpu_g))
         return n, d
 
@@ -311,6 +336,26 @@ def load_checkpoint(out: Path, device: torch.device):
 
 
 # -------------------------------------------------------------------------- training
+def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.device) -> PFNTransformer:
+    r"""The network of checkpoint `source` (``"default"``: the shipped one) as the
+    starting point of a run, in float32 on `device`.
+
+    Raises:
+        ValueError: If its architecture differs from `model_cfg` (names each field).
+    """
+    net = load_pretrained(None if source == "default" else source, device=device).float()
+    diff = {
+        k: (v, net.config.get(k)) for k, v in model_cfg.items() if net.config.get(k) != v
+    }
+    if diff:
+        text = ", ".join(f"{k}: config {a!r} vs checkpoint {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"train.init_from={source!r} has a different architecture ({text}); set the "
+            "config's model section to the checkpoint's architecture."
+        )
+    return net
+
+
 def _make_optimizer(net: PFNTransformer, t: dict[str, Any], device: torch.device):
     decay, no_decay = [], []
     for name, p in net.named_parameters():
@@ -363,9 +408,6 @@ def train(
         dev = dist_device
     else:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     is_main = rank == 0
 
     if resume:
@@ -388,9 +430,24 @@ def train(
                  "runs": []}  # fmt: skip
         opt_sd = None
     t = cfg["train"]
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(t.get("tf32", True))
+        torch.backends.cudnn.allow_tf32 = bool(t.get("tf32", True))
     sampler = PriorSampler(cfg, dev, rank, world)
 
-    if not resume:
+    if not resume and t.get("init_from"):
+        net = warm_start_network(t["init_from"], cfg["model"], dev)
+        src = None if t["init_from"] == "default" else t["init_from"]
+        meta0 = net.checkpoint_metadata or {}
+        step0 = meta0.get("step", meta0.get("training", {}).get("steps"))
+        state["init_from"] = {  # lineage: "default" moves when a new network ships
+            "source": t["init_from"], "sha256": read_checkpoint_config(src).get("sha256"),
+            "step": step0,
+        }  # fmt: skip
+        if is_main:
+            print(f"[train] initialised from {t['init_from']} (its step {step0})", flush=True)
+        net.train()
+    elif not resume:
         torch.manual_seed(t["seed"])  # network initialisation
         if is_main:
             tb = time.time()
@@ -471,6 +528,12 @@ def train(
             dist.broadcast(ft, 0)
             flag = bool(ft.item())
         return flag
+
+    if step == 0 and evalset is not None:  # the starting point (matters for warm starts)
+        rec = {"step": 0, "eval": evalset.evaluate(net)}
+        log(rec)
+        print(f"[train] step 0 eval {rec['eval']['mean_nll']:.4f} (oracle "
+              f"{rec['eval']['mean_oracle']:.4f})", flush=True)  # fmt: skip
 
     while state["total_steps"] is None or step < state["total_steps"]:
         if stop_at_step is not None and step >= stop_at_step:
