@@ -79,7 +79,7 @@ def worker(spec: dict) -> dict:
     dev, n, d, v = spec["device"], spec["n"], spec["d"], spec["variant"]
     C.set_threads(spec.get("threads"))
     tkw = dict(dtype=torch.float64, device=dev)
-    f = Hartmann(dim=6, negate=True)
+    f = Hartmann(dim=6, negate=True).to(dev)  # its bounds live on the device too
     X = SobolEngine(d, scramble=True, seed=spec["seed"]).draw(n).to(**tkw)
     Y = f(X).unsqueeze(-1)
     bounds = torch.stack([torch.zeros(d, **tkw), torch.ones(d, **tkw)])

@@ -295,6 +295,9 @@ def main() -> None:
             last_time[(d, v)] = (m, t, r.get("mem_delta") or 0)
         elif "error" in r:
             tqdm.write(f"[d={d} m={m} {v}] {r['error'][-400:]}")
+        # keep what is measured so far (a run cut short still leaves its figures)
+        C.write_json(stem.with_suffix(".partial.json"),
+                     dict(benchmark="restarts", args=vars(args), network=NET, results=results))
     payload = dict(benchmark="restarts", machine=C.machine_info(args.device),
                    args=vars(args), network=NET, results=results)
     C.write_json(stem.with_suffix(".json"), payload)
