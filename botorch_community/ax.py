@@ -172,7 +172,10 @@ PFN_MODEL_OPTIONS = {
     "model": "a PFNTransformer object (outside Ax only: Ax deep-copies options)",
     "cache_context": "keep the encoded context between posterior calls (default True)",
     "input_transform": "a BoTorch InputTransform (Ax passes a Normalize itself)",
+    "network_dtype": "'float32' or 'float64': the dtype the network computes in (default: "
+    "float64 for Ax's float64 data)",
 }
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # What Ax derives from the search space and passes when it applies.
 _SEARCH_SPACE_KWARGS = (
     "categorical_features",
@@ -253,6 +256,15 @@ def construct_pfn_inputs(
         inputs["train_Yvar"] = training_data.Yvar
     if options.get("input_transform") is not None:
         inputs["input_transform"] = options["input_transform"]
+    dt = options.get("network_dtype")
+    if dt is not None:
+        if isinstance(dt, str):
+            if dt not in _DTYPES:
+                raise UnsupportedError(
+                    f"network_dtype must be one of {sorted(_DTYPES)}, got {dt!r}."
+                )
+            dt = _DTYPES[dt]
+        inputs["network_dtype"] = dt
     return inputs
 
 
