@@ -91,10 +91,13 @@ def worker(spec: dict) -> dict:
         net, desc = get_network(spec["network"], d, dev)
         out["network_desc"] = desc
         # warm-up on a tiny problem
-        wm = PFNModel(X[:5], Y[:5], model=net, cache_context=True)
+        ndt = {"auto": None, "float32": torch.float32, "float64": torch.float64}[
+            spec.get("network_dtype", "auto")]
+        wm = PFNModel(X[:5], Y[:5], model=net, cache_context=True, network_dtype=ndt)
         optimize_acqf(DiscretizedExpectedImprovement(wm, best_f=Y[:5].max()), bounds=bounds,
                       q=1, num_restarts=2, raw_samples=8, options={"maxiter": 3})
-        model = PFNModel(X, Y, model=net, cache_context=False)
+        model = PFNModel(X, Y, model=net, cache_context=False, network_dtype=ndt)
+        out["network_dtype"] = str(model.network_dtype)
         acqf = DiscretizedExpectedImprovement(model, best_f=Y.max())
         calls = {"n": 0, "cands": 0}
         orig = acqf.forward
@@ -159,6 +162,8 @@ def main() -> None:
     p.add_argument("--uncached-timeout", type=float, default=240.0,
                    help="wall-clock cap (s) of one uncached optimize_acqf (its process)")
     p.add_argument("--skip-uncached", action="store_true")
+    p.add_argument("--network-dtype", default="auto", choices=["auto", "float32", "float64"],
+                   help="PFNModel(network_dtype=...); auto: float64 for this float64 data")
     args = p.parse_args()
     if args.worker:
         C.emit_result(worker(json.loads(args.worker)))
@@ -176,7 +181,7 @@ def main() -> None:
         spec = dict(variant=v, n=n, d=6, device=args.device, seed=0, network=args.network,
                     num_restarts=args.num_restarts, raw_samples=args.raw_samples,
                     repeats=1 if v == "pfn_uncached" else args.repeats,
-                    threads=args.threads)
+                    threads=args.threads, network_dtype=args.network_dtype)
         timeout = args.uncached_timeout + 60 if v == "pfn_uncached" else 1800
         r = C.run_worker(SCRIPT, spec, timeout=timeout)
         if "error" in r and r["error"].startswith("timeout"):
@@ -184,6 +189,8 @@ def main() -> None:
         elif "error" in r:
             tqdm.write(f"[n={n} {v}] {r['error'][-500:]}")
         results.append(dict(spec, **r))
+        # keep what is measured so far (a run cut short still leaves its figures)
+        C.write_json(stem.with_suffix(".partial.json"), dict(args=vars(args), results=results))
     payload = dict(benchmark="end_to_end", machine=C.machine_info(args.device),
                    args=vars(args), results=results)
     C.write_json(stem.with_suffix(".json"), payload)
