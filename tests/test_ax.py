@@ -431,26 +431,31 @@ def _has_default_weights():
     "installed yet",
 )
 def test_branin_end_to_end_default_network():
-    gs = bax.pfn_generation_strategy(num_sobol=8, optimizer_options=SMALL_OPT, seed=0)
-    client = make_client(gs, objective="-branin")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run(client, 14, {"branin": branin})
-    # Ax's float64 data: the network computes in float64, so L-BFGS-B's line searches do
-    # not fail on float32 round-off (no BoTorch retries from new initial conditions).
-    failed = [str(w.message)[:200] for w in caught if "Optimization failed" in str(w.message)]
-    assert not failed, failed
-    values = [
-        branin(t.arm.parameters)
-        for t in sorted(client._experiment.trials.values(), key=lambda t: t.index)
-    ]
-    (model,) = pfn_models(client)
-    assert model.pfn is bax.load_network("default")
-    assert model.network_dtype == torch.float64
-    sobol, guided = values[:8], values[8:]
-    # The PFN-guided trials concentrate in good regions: they beat the Sobol trials in
-    # median, and the best of them beats the typical Sobol point. (Beating the single
-    # best Sobol point within 6 trials is not guaranteed: with seed 0 Sobol already
-    # hits 3.55, optimum 0.398.)
-    assert statistics.median(guided) < statistics.median(sobol)
-    assert min(guided) < statistics.median(sobol)
+    best_sobol, best_guided = [], []
+    for seed in range(4):  # 8 Sobol + 6 PFN trials each
+        gs = bax.pfn_generation_strategy(num_sobol=8, optimizer_options=SMALL_OPT, seed=seed)
+        client = make_client(gs, objective="-branin")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run(client, 14, {"branin": branin})
+        # Ax's float64 data: the network computes in float64, so L-BFGS-B's line searches
+        # do not fail on float32 round-off (no BoTorch retries from new initial conditions).
+        failed = [str(w.message)[:200] for w in caught if "Optimization failed" in str(w.message)]
+        assert not failed, failed
+        values = [
+            branin(t.arm.parameters)
+            for t in sorted(client._experiment.trials.values(), key=lambda t: t.index)
+        ]
+        (model,) = pfn_models(client)
+        assert model.pfn is bax.load_network("default")
+        assert model.network_dtype == torch.float64
+        sobol, guided = values[:8], values[8:]
+        # In every seed the PFN-guided trials concentrate in good regions.
+        assert statistics.median(guided) < statistics.median(sobol), (seed, values)
+        best_sobol.append(min(sobol))
+        best_guided.append(min(guided))
+    # They find better points than the Sobol trials alone: on average over the seeds the
+    # best guided trial is better than the best Sobol trial (measured 3.31 vs 6.52; per
+    # seed in 3 of these 4 seeds; seed 0's Sobol points already reach 3.55, optimum 0.398).
+    assert statistics.mean(best_guided) < statistics.mean(best_sobol), (best_guided, best_sobol)
+    assert sum(g < s for g, s in zip(best_guided, best_sobol)) >= 2, (best_guided, best_sobol)
