@@ -297,15 +297,15 @@ class PFNModel(Model):
             raise ValueError("pending_X contains NaN or inf values; drop those points.")
         return pending_X.detach()
 
-    def _fingerprint(self, ctx_X: Tensor, ctx_Y: Tensor) -> tuple:
-        net = self._network()
+    def _fingerprint(self, net: PFNTransformer, ctx_X: Tensor, ctx_Y: Tensor) -> tuple:
         return (ctx_X.clone(), ctx_Y.clone(), net.training, net.weights_state())
 
-    def _is_fresh(self, cache: Optional[KVCache], ctx_X: Tensor, ctx_Y: Tensor) -> bool:
+    def _is_fresh(
+        self, net: PFNTransformer, cache: Optional[KVCache], ctx_X: Tensor, ctx_Y: Tensor
+    ) -> bool:
         if cache is None:
             return False
         c_X, c_Y, c_training, c_state = cache.fingerprint
-        net = self._network()
         return (
             c_training == net.training
             and c_state == net.weights_state()
@@ -316,11 +316,12 @@ class PFNModel(Model):
             and torch.equal(c_Y.nan_to_num(), ctx_Y.nan_to_num())
         )
 
-    def _cached_context(self, ctx_X: Tensor, ctx_Y: Tensor) -> KVCache:
-        r"""The held cache if still valid, else a newly encoded one (held)."""
-        if not self._is_fresh(self._kv_cache, ctx_X, ctx_Y):
-            self._kv_cache = self._network().encode_context(
-                ctx_X, ctx_Y, fingerprint=self._fingerprint(ctx_X, ctx_Y)
+    def _cached_context(self, net: PFNTransformer, ctx_X: Tensor, ctx_Y: Tensor) -> KVCache:
+        r"""The held cache if still valid for `net` (from :meth:`_network`), else a newly
+        encoded one (held)."""
+        if not self._is_fresh(net, self._kv_cache, ctx_X, ctx_Y):
+            self._kv_cache = net.encode_context(
+                ctx_X, ctx_Y, fingerprint=self._fingerprint(net, ctx_X, ctx_Y)
             )
             self.num_encodings += 1
         return self._kv_cache
@@ -409,14 +410,15 @@ class PFNModel(Model):
         X_t = self._prepare_X(X)
         ctx_X, ctx_Y, mean, std = self._context(pending_X, negate_train_ys)
         with _eval_mode(self.pfn):
+            net = self._network()  # resolved once per call (the dtype copy's check costs)
             if self._caching:
-                cache = self._cached_context(ctx_X, ctx_Y)
-                logits = self._network().predict(X_t, cache)
+                cache = self._cached_context(net, ctx_X, ctx_Y)
+                logits = net.predict(X_t, cache)
             else:
                 # Reference path: the context goes with every test batch element.
                 X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `b x q x d`
                 b = X_b.shape[0]
-                logits = self._network()(
+                logits = net(
                     ctx_X.expand(b, *ctx_X.shape), ctx_Y.expand(b, *ctx_Y.shape), X_b
                 ).reshape(*X_t.shape[:-1], -1)
                 self.num_encodings += 1
@@ -655,11 +657,12 @@ class MultivariatePFNModel(PFNModel):
         # Conditioning values in the network's standardised space.
         cond_Y = ((mu + sigma - mean.squeeze()) / std.squeeze()).unsqueeze(-1)
         with _eval_mode(self.pfn):
-            base = self._cached_context(ctx_X, ctx_Y) if self._caching else None
-            cache = self._network().extend_context(
+            net = self._network()
+            base = self._cached_context(net, ctx_X, ctx_Y) if self._caching else None
+            cache = net.extend_context(
                 ctx_X, ctx_Y, X_t.unsqueeze(-2), cond_Y.unsqueeze(-1), base_cache=base
             )  # batch `b x q`: context i holds the n rows plus (x_i, c_i)
-            logits = self._network().predict(X_t.unsqueeze(-3), cache).to(X)  # `b x q x q x B`
+            logits = net.predict(X_t.unsqueeze(-3), cache).to(X)  # `b x q x q x B`
         cond = BoundedRiemannPosterior(
             borders=marginals.borders, probabilities=logits.softmax(dim=-1)
         )
