@@ -16,6 +16,7 @@ ever built: the "mask" is simply that keys and values are taken from the context
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Optional
 
@@ -303,10 +304,10 @@ class PFNTransformer(nn.Module):
         state = self.weights_state()
         hit = casts.get(dtype)
         if hit is None or hit[0] != state:
-            copy = PFNTransformer(**self.config, borders=self.borders.detach().clone())
-            copy.load_state_dict(self.state_dict())
-            copy = copy.to(device=self.borders.device, dtype=dtype).requires_grad_(False)
-            hit = (state, copy)
+            cast = PFNTransformer(**self.config, borders=self.borders.detach().clone())
+            cast.load_state_dict(self.state_dict())
+            cast = cast.to(device=self.borders.device, dtype=dtype).requires_grad_(False)
+            hit = (state, cast)
             casts[dtype] = hit
         hit[1].train(self.training)
         return hit[1]
@@ -316,11 +317,9 @@ class PFNTransformer(nn.Module):
         cls = self.__class__
         new = cls.__new__(cls)
         memo[id(self)] = new
-        import copy as _copy
-
         for k, v in self.__dict__.items():
             if k != "_cast_copies":
-                new.__dict__[k] = _copy.deepcopy(v, memo)
+                new.__dict__[k] = copy.deepcopy(v, memo)
         return new
 
     # ------------------------------------------------------------------- cached
