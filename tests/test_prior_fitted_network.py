@@ -309,6 +309,8 @@ def test_float64_data_use_a_shared_float64_copy_of_the_network(net):
     assert a.network_dtype == torch.float64 and net.dtype == torch.float32
     assert a._network() is b._network() is net.cast_copy(torch.float64)  # one copy
     assert a._network().dtype == torch.float64 and a.pfn is net  # the source is untouched
+    clone = copy.deepcopy(net)  # a deep copy leaves the dtype copies behind
+    assert "_cast_copies" not in clone.__dict__ and torch.equal(clone.borders, net.borders)
     f32 = PFNModel(X, Y, model=net, network_dtype=torch.float32)
     assert f32._network() is net
     Xt = torch.rand(7, 3, dtype=torch.float64)
