@@ -125,3 +125,21 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
     with pytest.raises(CheckpointError, match="torch.save"):
         load_pretrained(tmp_path / "m", verify_hash=False)
     assert not hasattr(builtins, "_PFN_PWNED")
+
+
+def test_roundtrip_metric_attention(tmp_path):
+    net = _net(metric_attention=True)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.metric_gate.normal_()
+    save_pretrained(net, tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m")
+    assert loaded.config["metric_attention"] and loaded.config == net.config
+    tX, tY, X = _data()
+    torch.testing.assert_close(loaded(tX, tY, X), net.eval()(tX, tY, X))
+    # a plain config with metric weights is refused, naming the extra tensors
+    cfg = json.loads((tmp_path / "m.json").read_text())
+    del cfg["config"]["metric_attention"]
+    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="metric_"):
+        load_pretrained(tmp_path / "m", verify_hash=False)

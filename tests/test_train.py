@@ -150,3 +150,28 @@ def test_large_context_share_shifts_context_sizes():
     assert min(ns) < 12 and 0.5 < sum(n >= 12 for n in ns) / len(ns) < 0.85
     with pytest.raises(ValueError, match="large_context_share"):
         load_config("tiny", ["train.large_context_share=1.5"])
+
+
+def test_warm_start_grows_a_plain_network_into_metric_attention(tmp_path):
+    train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
+    src = load_pretrained(tmp_path / "a" / "model")
+    over = FAST + [f"train.init_from={json.dumps(str(tmp_path / 'a' / 'model'))}",
+                   "model.metric_attention=true", "train.metric_lr_mult=50",
+                   "train.lr=0", "train.min_lr_ratio=1"]  # fmt: skip
+    train("tiny", tmp_path / "b", steps=2, overrides=over, progress=False)
+    grown = load_pretrained(tmp_path / "b" / "model")
+    assert grown.config["metric_attention"] and grown.metric_attention
+    g = torch.Generator().manual_seed(0)
+    tX, tY, X = torch.rand(7, 3, generator=g), torch.randn(7, 1, generator=g), torch.rand(5, 3, generator=g)
+    # at lr 0 the gates stay zero: the grown network predicts what its source did
+    torch.testing.assert_close(
+        grown.predict(X, grown.encode_context(tX, tY)),
+        src.predict(X, src.encode_context(tX, tY)), atol=1e-6, rtol=0,
+    )  # fmt: skip
+    # with a learning rate the metric parameters train, in their own (faster) group
+    over2 = over[:-2] + ["train.lr=1e-3"]
+    train("tiny", tmp_path / "c", steps=3, overrides=over2, progress=False)
+    opt = torch.load(tmp_path / "c" / "optimizer.pt", weights_only=True)["optimizer"]
+    assert [grp.get("lr_mult", 1.0) for grp in opt["param_groups"]] == [1.0, 1.0, 50.0]
+    moved = load_pretrained(tmp_path / "c" / "model")
+    assert any(float(layer.metric_gate.abs().max()) > 0 for layer in moved.layers)

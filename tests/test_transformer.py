@@ -11,9 +11,12 @@ from botorch_community.pfn.testing import random_pfn
 ATOL = 1e-5
 
 
-@pytest.fixture
-def net():
-    return random_pfn(num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48)
+@pytest.fixture(params=[False, True], ids=["plain", "metric"])
+def net(request):
+    return random_pfn(
+        num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48,
+        metric_attention=request.param,
+    )  # fmt: skip
 
 
 def _data(n=9, d=3, seed=1):
@@ -38,7 +41,25 @@ def test_cached_equals_reference_values_and_grads(net, test_shape):
     (g_ref,) = torch.autograd.grad((ref * w).sum(), X)
     (g_out,) = torch.autograd.grad((out * w).sum(), X)
     assert g_ref.abs().max() > 0
-    torch.testing.assert_close(g_out, g_ref, atol=ATOL, rtol=0)
+    # float32 round-off relative to the gradients' scale (the metric term's can be large)
+    tol = ATOL * max(1.0, float(g_ref.abs().max()))
+    torch.testing.assert_close(g_out, g_ref, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("test_shape", [(4, 3), (6, 4, 3), (2, 5, 4, 3)])
+def test_cached_equals_reference_float64(net, test_shape):
+    net = net.double()
+    tX, tY = (t.double() for t in _data())
+    X = torch.rand(*test_shape, dtype=torch.float64, requires_grad=True)
+    X_b = X.reshape(-1, *test_shape[-2:])
+    b = X_b.shape[0]
+    ref = net(tX.expand(b, -1, -1), tY.expand(b, -1, -1), X_b).reshape(*test_shape[:-1], -1)
+    out = net.predict(X, net.encode_context(tX, tY))
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    w = torch.randn_like(ref)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), X)
+    (g_out,) = torch.autograd.grad((out * w).sum(), X)
+    torch.testing.assert_close(g_out, g_ref, atol=1e-11, rtol=1e-12)
 
 
 def test_batched_context_broadcasts(net):
@@ -161,3 +182,54 @@ def test_constructor_validation():
             borders=torch.tensor([0.0, 0.0, 1.0]),
         )
     assert isinstance(random_pfn().encode_context(*_data(d=2)), KVCache)
+
+
+# ---------------------------------------------------------------- metric attention
+def test_metric_attention_starts_as_the_plain_network():
+    plain = random_pfn(num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48)
+    grown = PFNTransformer(**{**plain.config, "metric_attention": True}, borders=plain.borders)
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".metric_" in k for k in missing)
+    grown.eval()
+    tX, tY = _data()
+    X = torch.rand(6, 3)
+    torch.testing.assert_close(
+        grown.predict(X, grown.encode_context(tX, tY)),
+        plain.predict(X, plain.encode_context(tX, tY)),
+        atol=1e-6, rtol=0,
+    )  # fmt: skip
+    # switching a gate on changes the predictions
+    with torch.no_grad():
+        grown.layers[0].metric_gate.fill_(1.0)
+    diff = grown.predict(X, grown.encode_context(tX, tY)) - plain.predict(
+        X, plain.encode_context(tX, tY)
+    )
+    assert diff.abs().max() > 1e-3
+
+
+def test_metric_bias_formula():
+    net = random_pfn(num_features=5, emsize=32, nlayers=1, nhead=4, nhid=48, metric_attention=True)
+    layer = net.layers[0]
+    g = torch.Generator().manual_seed(0)
+    z, qX, cX = torch.randn(2, 3, 32, generator=g), torch.rand(2, 3, 4, generator=g), torch.rand(2, 6, 4, generator=g)
+    bias = layer.metric_bias(z, net._sqdist(qX, cX))
+    assert bias.shape == (2, 4, 3, 7)  # B x nhead x q x (n + 1)
+    w = layer.metric_proj.weight.view(4, 5, 32)[:, :4]
+    c = layer.metric_proj.bias.view(4, 5)[:, :4]
+    for b, h, i in itertools.product(range(2), range(4), range(3)):
+        s = (w[h] @ z[b, i] + c[h]).clamp(-12, 14).exp()  # `d`
+        dist = ((qX[b, i] - cX[b]) ** 2 * s).sum(-1)  # `n`
+        expect = layer.metric_gate[h] * (dist.min() - dist)
+        torch.testing.assert_close(bias[b, h, i, 1:], expect, atol=1e-5, rtol=1e-5)
+        assert bias[b, h, i, 0] == 0  # the context token
+
+
+def test_metric_cache_holds_context_inputs():
+    net = random_pfn(num_features=5, emsize=32, nlayers=2, nhead=4, nhid=48, metric_attention=True)
+    tX, tY = _data()
+    cache = net.encode_context(tX, tY)
+    torch.testing.assert_close(cache.context_X, tX)
+    kv = sum(t.numel() * 4 for t in (*cache.keys, *cache.values))
+    assert cache.nbytes() == kv + tX.numel() * 4
+    with pytest.raises(ValueError, match="d=2 features"):
+        net.predict(torch.rand(4, 2), cache)

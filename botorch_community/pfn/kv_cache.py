@@ -15,7 +15,7 @@ sharing one network never see each other's context.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Hashable, Optional
 
 import torch
 from torch import Tensor
@@ -38,6 +38,8 @@ class KVCache:
         fingerprint: What the owner computed the context from (training data versions,
             transforms, ...). Opaque to the network; the owner compares it to decide
             whether its cache is stale.
+        context_X: `batch_shape x n x d` context inputs, kept for networks whose
+            attention has a distance term (``metric_attention``); None otherwise.
     """
 
     keys: tuple[Tensor, ...]
@@ -47,6 +49,7 @@ class KVCache:
     network_state: Hashable = None
     fingerprint: Hashable = None
     extras: dict = field(default_factory=dict)
+    context_X: Optional[Tensor] = None
 
     @property
     def num_layers(self) -> int:
@@ -62,7 +65,10 @@ class KVCache:
 
     def nbytes(self) -> int:
         r"""Memory held by the cached tensors, in bytes."""
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        extra = () if self.context_X is None else (self.context_X,)
+        return sum(
+            t.numel() * t.element_size() for t in (*self.keys, *self.values, *extra)
+        )
 
     def __repr__(self) -> str:
         return (

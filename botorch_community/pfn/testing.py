@@ -38,6 +38,15 @@ def random_pfn(
         # Non-zero missing-target embedding so pending points change predictions.
         with torch.no_grad():
             net.nan_y_embedding.normal_(0.0, 0.5)
+            # Switch the metric-attention terms on (they start off) so that tests
+            # exercise them.
+            for layer in net.layers:
+                if layer.metric_features:
+                    layer.metric_gate.normal_(0.0, 1.0)
+                    layer.metric_proj.weight.normal_(0.0, 0.3)
+                    # moderate scales (the initial ones reach 3e4): keeps float32
+                    # round-off in gradients at the level tests compare
+                    layer.metric_proj.bias.normal_(1.0, 1.0)
     finally:
         torch.random.set_rng_state(gen_state)
     return net.eval()

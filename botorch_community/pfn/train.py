@@ -90,6 +90,9 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     # bucket borders initialise the run (fresh optimizer and schedule); its architecture
     # must match the config's model section
     init_from=None,
+    # learning-rate multiplier of the metric-attention parameters (scales and gates),
+    # which start switched off and must move far in a fine-tune of a few thousand steps
+    metric_lr_mult=1.0,
     missing_prob=0.2,  # share of datasets with missing (NaN) context targets
     missing_share=0.5,  # in those, each target is missing w.p. U(0, missing_share)
     border_samples=500_000,
@@ -344,6 +347,15 @@ def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.dev
         ValueError: If its architecture differs from `model_cfg` (names each field).
     """
     net = load_pretrained(None if source == "default" else source, device=device).float()
+    if model_cfg.get("metric_attention") and not net.config.get("metric_attention"):
+        # grow a plain network into one with metric attention: its gates start at zero,
+        # so the grown network computes exactly what the plain one did
+        cfg = {**net.config, "metric_attention": True}
+        grown = PFNTransformer(**cfg, borders=net.borders.detach().clone()).to(device)
+        missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
+        assert not unexpected and all(".metric_" in k for k in missing), (missing, unexpected)
+        grown.checkpoint_metadata = getattr(net, "checkpoint_metadata", {})
+        net = grown
     diff = {
         k: (v, net.config.get(k)) for k, v in model_cfg.items() if net.config.get(k) != v
     }
@@ -357,13 +369,20 @@ def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.dev
 
 
 def _make_optimizer(net: PFNTransformer, t: dict[str, Any], device: torch.device):
-    decay, no_decay = [], []
+    decay, no_decay, metric = [], [], []
     for name, p in net.named_parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        if ".metric_" in name:
+            metric.append(p)
+        else:
+            (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": t["weight_decay"]},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if metric:  # no decay: a gate or scale pulled to zero switches the term off
+        groups.append(
+            {"params": metric, "weight_decay": 0.0, "lr_mult": t.get("metric_lr_mult", 1.0)}
+        )
     kw = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), **kw)
 
@@ -544,7 +563,7 @@ def train(
             break
         lr = lr_at(step, state["total_steps"], t)
         for grp in opt.param_groups:
-            grp["lr"] = lr
+            grp["lr"] = lr * grp.get("lr_mult", 1.0)
         (tx, ty, sx, sy), _, _ = sampler.sample(step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(tx, ty, sx)

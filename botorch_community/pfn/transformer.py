@@ -52,7 +52,25 @@ class PFNLayer(nn.Module):
     cached path (context keys/values computed once).
     """
 
-    def __init__(self, emsize: int, nhead: int, nhid: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        emsize: int,
+        nhead: int,
+        nhid: int,
+        dropout: float = 0.0,
+        metric_features: int = 0,
+    ):
+        r"""
+        Args:
+            emsize: Token embedding size.
+            nhead: Number of attention heads.
+            nhid: Hidden size of the MLP.
+            dropout: Dropout rate (training only).
+            metric_features: If positive, the layer adds a distance term to the
+                attention logits of every query row that has inputs `x` (see
+                :meth:`metric_bias`), with per-head, per-dimension scales predicted
+                from the query state for up to this many input dimensions.
+        """
         super().__init__()
         if emsize % nhead != 0:
             raise ValueError(f"emsize ({emsize}) must be divisible by nhead ({nhead}).")
@@ -66,6 +84,51 @@ class PFNLayer(nn.Module):
             nn.Linear(emsize, nhid), nn.GELU(), nn.Linear(nhid, emsize)
         )
         self.dropout = dropout
+        self.metric_features = metric_features
+        if metric_features > 0:
+            # log-scales of the squared-distance term, per head and input dimension:
+            # a zero projection plus a per-head base (heads cover scales 1 .. ~3e4,
+            # from d = 18 at n = 10 to d = 1 at n = 200), and a zero-initialised gate
+            # per head so the layer starts as the plain layer (warm starts).
+            self.metric_proj = nn.Linear(emsize, nhead * metric_features)
+            nn.init.zeros_(self.metric_proj.weight)
+            base = torch.linspace(0.0, 4.5, nhead) * math.log(10.0)  # `nhead`
+            with torch.no_grad():
+                self.metric_proj.bias.copy_(base.repeat_interleave(metric_features))
+            self.metric_gate = nn.Parameter(torch.zeros(nhead))
+
+    def metric_bias(self, z: Tensor, sqdist: Tensor) -> Tensor:
+        r"""The distance term of the attention logits.
+
+        .. math::
+            b_{h}(q, k) = g_h \Big(\max_{k'} \big(-\textstyle\sum_j s_{hj}(z_q)
+                (x_{qj} - x_{k'j})^2\big) - \sum_j s_{hj}(z_q) (x_{qj} - x_{kj})^2\Big)
+
+        for a context row `k`, and `0` for the learned context token (key 0). The scales
+        `s = exp(clamp(W z_q + c))` depend on the query state, so a head can adapt its
+        (ARD) metric to the dataset the query has seen. Subtracting the closest row's
+        term keeps the context token on the same footing as the nearest row.
+
+        Args:
+            z: `B x q x e` normalised query states (rows with inputs only).
+            sqdist: `B x q x n x d` squared input differences `(x_q - x_k)^2` to the
+                `n` context rows, `d <= metric_features`.
+
+        Returns:
+            `B x nhead x q x (n + 1)` logit offsets, in float32 or wider.
+        """
+        B, q, n, d = sqdist.shape
+        dt = torch.promote_types(sqdist.dtype, torch.float32)
+        with torch.autocast(z.device.type, enabled=False):
+            w = self.metric_proj.weight.to(dt).unflatten(0, (self.nhead, -1))[:, :d]
+            c = self.metric_proj.bias.to(dt).unflatten(0, (self.nhead, -1))[:, :d]
+            log_s = torch.einsum("bqe,hde->bqhd", z.to(dt), w) + c  # `B x q x nhead x d`
+            s = log_s.clamp(-12.0, 14.0).exp()
+            dist = torch.einsum("bqhd,bqkd->bhqk", s, sqdist.to(dt))  # `B x nhead x q x n`
+            if n > 0:
+                dist = dist - dist.amin(dim=-1, keepdim=True)
+            bias = F.pad(-dist, (1, 0))  # the context token (key 0) gets 0
+            return bias * self.metric_gate.to(dt).view(-1, 1, 1)
 
     def _split_heads(self, t: Tensor) -> Tensor:
         # `B x L x e` -> `B x nhead x L x head_dim`
@@ -86,13 +149,25 @@ class PFNLayer(nn.Module):
         k, v = F.linear(z, w_kv, b_kv).chunk(2, dim=-1)
         return self._split_heads(k), self._split_heads(v)
 
-    def attend(self, h: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    def attend(
+        self,
+        h: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        sqdist: Optional[Tensor] = None,
+        token_row: bool = False,
+    ) -> Tensor:
         r"""Update token states by attending to the given context keys/values.
 
         Args:
             h: `B x m x e` token states (queries).
-            keys: `B x nhead x n x head_dim`.
-            values: `B x nhead x n x head_dim`.
+            keys: `B x nhead x (n + 1) x head_dim` (key 0: the context token).
+            values: `B x nhead x (n + 1) x head_dim`.
+            sqdist: For layers with a metric term: `B x m' x n x d` squared input
+                differences of the query rows that have inputs to the `n` context rows
+                (see :meth:`metric_bias`).
+            token_row: Whether query row 0 is the context token (it has no inputs;
+                then `m' = m - 1`), else `m' = m`.
 
         Returns:
             `B x m x e` updated token states.
@@ -101,7 +176,13 @@ class PFNLayer(nn.Module):
         z = self.norm_attn(h)
         q = self._split_heads(F.linear(z, self.in_proj.weight[:e], self.in_proj.bias[:e]))
         drop = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, keys, values, dropout_p=drop)
+        bias = None
+        if self.metric_features > 0 and sqdist is not None:
+            bias = self.metric_bias(z[:, 1:] if token_row else z, sqdist)
+            if token_row:
+                bias = F.pad(bias, (0, 0, 1, 0))  # the context token's query: no term
+            bias = bias.to(q.dtype)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, dropout_p=drop)
         a = a.transpose(-3, -2).flatten(-2)  # `B x m x e`
         h = h + F.dropout(self.out_proj(a), drop, self.training)
         return h + F.dropout(self.mlp(self.norm_mlp(h)), drop, self.training)
@@ -129,6 +210,7 @@ class PFNTransformer(nn.Module):
         borders: Optional[Tensor] = None,
         dropout: float = 0.0,
         max_context: Optional[int] = None,
+        metric_attention: bool = False,
     ) -> None:
         r"""
         Args:
@@ -144,6 +226,13 @@ class PFNTransformer(nn.Module):
             dropout: Dropout rate (training only).
             max_context: The largest training-set size the network was trained on
                 (informational; models warn beyond it). `None` if unknown.
+            metric_attention: Add a learned, query-dependent squared-distance term
+                between inputs to every layer's attention logits
+                (:meth:`PFNLayer.metric_bias`). Dot-product attention on embedded inputs
+                finds near neighbours only coarsely; this term lets a head attend
+                sharply to the closest context rows, which precise interpolation of
+                nearly noise-free data needs. It starts switched off (zero gates), so
+                a plain network's weights are a valid warm start.
         """
         super().__init__()
         if borders is None:
@@ -165,6 +254,9 @@ class PFNTransformer(nn.Module):
             dropout=dropout,
             max_context=max_context,
         )
+        if metric_attention:  # only recorded when on: older configs stay valid
+            self.config["metric_attention"] = True
+        self.metric_attention = bool(metric_attention)
         self.num_features = num_features
         self.num_buckets = num_buckets
         self.max_context = max_context
@@ -177,7 +269,8 @@ class PFNTransformer(nn.Module):
         # A learned token always present in the context (also makes n = 0 valid).
         self.context_token = nn.Parameter(torch.randn(emsize) * 0.02)
         self.layers = nn.ModuleList(
-            PFNLayer(emsize, nhead, nhid, dropout) for _ in range(nlayers)
+            PFNLayer(emsize, nhead, nhid, dropout, num_features if metric_attention else 0)
+            for _ in range(nlayers)
         )
         self.decoder = nn.Sequential(
             nn.LayerNorm(emsize),
@@ -229,6 +322,20 @@ class PFNTransformer(nn.Module):
         ctx = self.context_token.expand(*tokens.shape[:-2], 1, -1)
         return torch.cat([ctx, tokens], dim=-2)
 
+    def _sqdist(self, query_X: Tensor, context_X: Tensor) -> Optional[Tensor]:
+        r"""Squared input differences for the metric attention term (None without it).
+
+        Args:
+            query_X: `B x q x d`.
+            context_X: `B x n x d`.
+
+        Returns:
+            `B x q x n x d`.
+        """
+        if not self.metric_attention:
+            return None
+        return (query_X.unsqueeze(-2) - context_X.unsqueeze(-3)).square()
+
     def _cast(self, *tensors: Tensor) -> list[Tensor]:
         p = self.x_encoder.weight
         return [t.to(device=p.device, dtype=p.dtype) for t in tensors]
@@ -268,9 +375,16 @@ class PFNTransformer(nn.Module):
         h = torch.cat([ctx, self.encode_x(test_X)], dim=-2)  # `b x (n+1+m) x e`
         batch_shape = h.shape[:-2]
         h = h.reshape(-1, *h.shape[-2:])
+        sqdist = None
+        if self.metric_attention:
+            d = train_X.shape[-1]
+            b = h.shape[0]  # explicit: `-1` is ambiguous when n = 0
+            tX = train_X.reshape(b, n_ctx - 1, d)
+            qX = torch.cat([tX, test_X.reshape(b, test_X.shape[-2], d)], dim=-2)
+            sqdist = self._sqdist(qX, tX)  # `b x (n+m) x n x d`
         for layer in self.layers:
             k, v = layer.context_kv(h[:, :n_ctx])
-            h = layer.attend(h, k, v)
+            h = layer.attend(h, k, v, sqdist, token_row=True)
         h = h.reshape(*batch_shape, *h.shape[-2:])
         return self.decoder(h[..., n_ctx:, :])
 
@@ -352,13 +466,15 @@ class PFNTransformer(nn.Module):
         h = self.encode_train(train_X, train_Y)  # `batch x (n+1) x e`
         batch_shape = h.shape[:-2]
         h = h.reshape(-1, *h.shape[-2:])
+        tX = train_X.reshape(h.shape[0], *train_X.shape[-2:])
+        sqdist = self._sqdist(tX, tX)  # `b x n x n x d` (or None)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             k, v = layer.context_kv(h)
             keys.append(k.reshape(*batch_shape, *k.shape[1:]))
             values.append(v.reshape(*batch_shape, *v.shape[1:]))
             if i < len(self.layers) - 1:  # the last layer's context output is unused
-                h = layer.attend(h, k, v)
+                h = layer.attend(h, k, v, sqdist, token_row=True)
         return KVCache(
             keys=tuple(keys),
             values=tuple(values),
@@ -366,6 +482,7 @@ class PFNTransformer(nn.Module):
             num_context=train_X.shape[-2],
             network_state=self.weights_state(),
             fingerprint=fingerprint,
+            context_X=train_X if self.metric_attention else None,
         )
 
     def extend_context(
@@ -402,6 +519,10 @@ class PFNTransformer(nn.Module):
         h_extra = (self.encode_x(extra_X) + y_enc).reshape(-1, k, h_shared.shape[-1])
         Bf = h_extra.shape[0]
         h = torch.cat([h_shared.expand(Bf, -1, -1), h_extra], dim=-2)  # `Bf x (n+1+k) x e`
+        all_X = torch.cat(
+            [ctx_X.expand(Bf, -1, -1), extra_X.reshape(Bf, k, ctx_X.shape[-1])], dim=-2
+        )  # `Bf x (n+k) x d`
+        sqdist = self._sqdist(all_X, all_X)
         reuse = (
             base_cache is not None
             and base_cache.batch_shape == torch.Size([])
@@ -420,13 +541,16 @@ class PFNTransformer(nn.Module):
             keys.append(key.reshape(*batch_shape, *key.shape[1:]))
             values.append(val.reshape(*batch_shape, *val.shape[1:]))
             if i < len(self.layers) - 1:
-                h = layer.attend(h, key, val)
+                h = layer.attend(h, key, val, sqdist, token_row=True)
         return KVCache(
             keys=tuple(keys),
             values=tuple(values),
             batch_shape=batch_shape,
             num_context=ctx_X.shape[-2] + k,
             network_state=self.weights_state(),
+            context_X=all_X.reshape(*batch_shape, *all_X.shape[-2:])
+            if self.metric_attention
+            else None,
         )
 
     def predict(self, test_X: Tensor, kv_cache: KVCache) -> Tensor:
@@ -455,10 +579,22 @@ class PFNTransformer(nn.Module):
         (test_X,) = self._cast(test_X)
         h = self.encode_x(test_X)  # `S x m x e`
         h, restore = _to_cache_layout(h, kv_cache.batch_shape)  # `Bc x M x e`
+        sqdist = None
+        if self.metric_attention:
+            if kv_cache.context_X is None:
+                raise RuntimeError("This KVCache lacks the context inputs the network needs.")
+            if kv_cache.context_X.shape[-1] != test_X.shape[-1]:
+                raise ValueError(
+                    f"test_X has d={test_X.shape[-1]} features but the cached context "
+                    f"has d={kv_cache.context_X.shape[-1]}."
+                )
+            qX, _ = _to_cache_layout(test_X, kv_cache.batch_shape)  # `Bc x M x d`
+            cX = kv_cache.context_X.reshape(h.shape[0], *kv_cache.context_X.shape[-2:])
+            sqdist = self._sqdist(qX, cX)  # `Bc x M x n x d`
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             k = k.reshape(-1, *k.shape[-3:])
             v = v.reshape(-1, *v.shape[-3:])
-            h = layer.attend(h, k, v)
+            h = layer.attend(h, k, v, sqdist)
         return restore(self.decoder(h))
 
 

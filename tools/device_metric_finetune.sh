@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Device run (one H100): grow the shipped PFN into one with metric attention and fine-tune
+# it (configs/default_metric.json), then rank it against the shipped network with
+# benchmarks/prior_gap.py. The run directory comes back as <=15 MB tar chunks so that a
+# later call on a fresh machine can resume it (pass the chunks' folder as RESTORE).
+# Usage: bash tools/device_metric_finetune.sh start|resume MINUTES [BUDGET_MINUTES] [RESTORE]
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+MODE=$1; MIN=$2; BUDGET=${3:-17}; RESTORE=${4:-}
+R=runs/metric
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+if [ "$MODE" = start ]; then
+  python -m botorch_community.pfn.train --config default_metric --out $R \
+    --budget-minutes "$BUDGET" --max-minutes "$MIN" --no-progress >"$OUT/train.log" 2>&1
+else
+  if [ ! -f $R/train_state.json ] && [ -n "$RESTORE" ]; then
+    mkdir -p runs && cat "$RESTORE"/run.tar.part* | tar x -C runs && echo "[device] restored $R"
+  fi
+  python -m botorch_community.pfn.train --resume --out $R --max-minutes "$MIN" --no-progress \
+    >"$OUT/train.log" 2>&1
+fi
+grep -v "^step .*datasets/s$" "$OUT/train.log" | tail -n 5; grep "eval" "$OUT/train.log" | tail -n 4
+python benchmarks/prior_gap.py default $R/model --device cuda --datasets 512 --out "$OUT/prior_gap_metric" 2>&1 | grep -v "prior_gap:" | tail -n 30
+(cd runs && tar cf - metric | split -b 15M - "$OUT/run.tar.part")
+ls -la "$OUT"
