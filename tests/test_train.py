@@ -156,7 +156,7 @@ def test_warm_start_grows_a_plain_network_into_metric_attention(tmp_path):
     train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
     src = load_pretrained(tmp_path / "a" / "model")
     over = FAST + [f"train.init_from={json.dumps(str(tmp_path / 'a' / 'model'))}",
-                   "model.metric_attention=true", "train.metric_lr_mult=50",
+                   "model.metric_attention=true", "train.grown_lr_mult=50",
                    "train.lr=0", "train.min_lr_ratio=1"]  # fmt: skip
     train("tiny", tmp_path / "b", steps=2, overrides=over, progress=False)
     grown = load_pretrained(tmp_path / "b" / "model")

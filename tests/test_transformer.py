@@ -2,6 +2,7 @@
 r"""The network: cached context equals the reference path, any batch shape."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -11,12 +12,19 @@ from botorch_community.pfn.testing import random_pfn
 ATOL = 1e-5
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "metric"])
+VARIANTS = {
+    "plain": {},
+    "metric": {"metric_attention": True},
+    "gauss": {"gaussian_head": True},
+    "metric+gauss": {"metric_attention": True, "gaussian_head": True},
+}
+
+
+@pytest.fixture(params=list(VARIANTS))
 def net(request):
     return random_pfn(
-        num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48,
-        metric_attention=request.param,
-    )  # fmt: skip
+        num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48, **VARIANTS[request.param]
+    )
 
 
 def _data(n=9, d=3, seed=1):
@@ -219,7 +227,9 @@ def test_metric_bias_formula():
     for b, h, i in itertools.product(range(2), range(4), range(3)):
         s = (w[h] @ z[b, i] + c[h]).clamp(-12, 14).exp()  # `d`
         dist = ((qX[b, i] - cX[b]) ** 2 * s).sum(-1)  # `n`
-        expect = layer.metric_gate[h] * (dist.min() - dist)
+        softmin = -0.01 * torch.logsumexp(-dist / 0.01, dim=-1)
+        assert dist.min() - 0.01 * math.log(6) <= softmin <= dist.min() + 1e-6
+        expect = layer.metric_gate[h] * (softmin - dist)
         torch.testing.assert_close(bias[b, h, i, 1:], expect, atol=1e-5, rtol=1e-5)
         assert bias[b, h, i, 0] == 0  # the context token
 
@@ -233,3 +243,45 @@ def test_metric_cache_holds_context_inputs():
     assert cache.nbytes() == kv + tX.numel() * 4
     with pytest.raises(ValueError, match="d=2 features"):
         net.predict(torch.rand(4, 2), cache)
+
+
+# ---------------------------------------------------------------- Gaussian head
+def test_gaussian_head_starts_near_the_plain_network_and_can_be_sharp():
+    plain = random_pfn(num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48)
+    grown = PFNTransformer(**{**plain.config, "gaussian_head": True}, borders=plain.borders)
+    missing, _ = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["gauss_head.bias", "gauss_head.weight"]
+    grown.eval()
+    tX, tY = _data()
+    X = torch.rand(6, 3)
+    p_plain = plain.predict(X, plain.encode_context(tX, tY)).softmax(-1)
+    p_grown = grown.predict(X, grown.encode_context(tX, tY)).softmax(-1)
+    # mixing weight sigmoid(-6) = 0.0025 at the start
+    assert (p_grown - p_plain).abs().sum(-1).max() < 2 * torch.sigmoid(torch.tensor(-6.0))
+    # a dominant, narrow Gaussian puts its mass in a few buckets around the bar mean
+    with torch.no_grad():
+        grown.gauss_head.bias.copy_(torch.tensor([0.0, -6.0, 8.0]))
+    p = grown.predict(X, grown.encode_context(tX, tY)).softmax(-1)
+    centers = (grown.borders[1:] + grown.borders[:-1]) / 2
+    mean_plain = p_plain @ centers
+    top = p.argmax(-1)
+    assert (p.max(-1).values > 0.5).all()
+    assert ((centers[top] - mean_plain).abs() < 0.1).all()
+
+
+def test_gaussian_bucket_probabilities():
+    from botorch_community.pfn.transformer import _log_gaussian_bucket_probs
+
+    borders = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    mu = torch.tensor([0.0, 1.234, -3.9, 10.0], dtype=torch.float64)
+    sigma = torch.tensor([1.0, 0.01, 0.3, 0.5], dtype=torch.float64)
+    q = _log_gaussian_bucket_probs(mu, sigma, borders).exp()
+    normal = torch.distributions.Normal(mu.unsqueeze(-1), sigma.unsqueeze(-1))
+    expect = normal.cdf(borders[1:]) - normal.cdf(borders[:-1])
+    torch.testing.assert_close(q, expect.clamp_min(1e-30), atol=1e-12, rtol=1e-9)
+    # a mean outside the borders: all buckets floored, finite, no NaN gradients
+    mu32 = torch.tensor([50.0, 0.0], requires_grad=True)
+    lq = _log_gaussian_bucket_probs(mu32, torch.tensor([0.1, 1e-4]), borders.float())
+    assert torch.isfinite(lq).all()
+    lq.sum().backward()
+    assert torch.isfinite(mu32.grad).all()

@@ -3,7 +3,9 @@
 # it (configs/default_metric.json), then rank it against the shipped network with
 # benchmarks/prior_gap.py. The run directory comes back as <=15 MB tar chunks so that a
 # later call on a fresh machine can resume it (pass the chunks' folder as RESTORE).
-# Usage: bash tools/device_metric_finetune.sh start|resume MINUTES [BUDGET_MINUTES] [RESTORE]
+# Usage: bash tools/device_metric_finetune.sh start|resume|warm MINUTES [BUDGET_MINUTES] [RESTORE]
+#   warm: a new run initialised from the checkpoint RESTORE/model (fresh optimizer), with
+#   extra --set overrides in $EXTRA (used when the optimizer state is too big to carry).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 MODE=$1; MIN=$2; BUDGET=${3:-17}; RESTORE=${4:-}
@@ -11,6 +13,10 @@ R=runs/metric
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 if [ "$MODE" = start ]; then
   python -m botorch_community.pfn.train --config default_metric --out $R \
+    --budget-minutes "$BUDGET" --max-minutes "$MIN" --no-progress >"$OUT/train.log" 2>&1
+elif [ "$MODE" = warm ]; then
+  python -m botorch_community.pfn.train --config default_metric --out $R \
+    --set "train.init_from=\"$RESTORE/model\"" ${EXTRA:-} \
     --budget-minutes "$BUDGET" --max-minutes "$MIN" --no-progress >"$OUT/train.log" 2>&1
 else
   if [ ! -f $R/train_state.json ] && [ -n "$RESTORE" ]; then

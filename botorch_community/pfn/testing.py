@@ -47,6 +47,9 @@ def random_pfn(
                     # moderate scales (the initial ones reach 3e4): keeps float32
                     # round-off in gradients at the level tests compare
                     layer.metric_proj.bias.normal_(1.0, 1.0)
+            if net.gaussian_head:  # a visible, input-dependent Gaussian component
+                net.gauss_head.weight.normal_(0.0, 0.1)
+                net.gauss_head.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))
     finally:
         torch.random.set_rng_state(gen_state)
     return net.eval()

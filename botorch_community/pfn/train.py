@@ -90,9 +90,9 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     # bucket borders initialise the run (fresh optimizer and schedule); its architecture
     # must match the config's model section
     init_from=None,
-    # learning-rate multiplier of the metric-attention parameters (scales and gates),
-    # which start switched off and must move far in a fine-tune of a few thousand steps
-    metric_lr_mult=1.0,
+    # learning-rate multiplier of the parameters a warm start adds (metric attention,
+    # Gaussian head): they start switched off and must move far in a short fine-tune
+    grown_lr_mult=1.0,
     missing_prob=0.2,  # share of datasets with missing (NaN) context targets
     missing_share=0.5,  # in those, each target is missing w.p. U(0, missing_share)
     border_samples=500_000,
@@ -339,6 +339,15 @@ def load_checkpoint(out: Path, device: torch.device):
 
 
 # -------------------------------------------------------------------------- training
+#: Architecture options a warm start may switch on in a network that lacks them.
+GROWABLE = ("metric_attention", "gaussian_head")
+
+
+def is_grown_parameter(name: str) -> bool:
+    r"""Whether a parameter belongs to a part a warm start can add (see ``GROWABLE``)."""
+    return ".metric_" in name or name.startswith("gauss_head")
+
+
 def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.device) -> PFNTransformer:
     r"""The network of checkpoint `source` (``"default"``: the shipped one) as the
     starting point of a run, in float32 on `device`.
@@ -347,13 +356,14 @@ def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.dev
         ValueError: If its architecture differs from `model_cfg` (names each field).
     """
     net = load_pretrained(None if source == "default" else source, device=device).float()
-    if model_cfg.get("metric_attention") and not net.config.get("metric_attention"):
-        # grow a plain network into one with metric attention: its gates start at zero,
-        # so the grown network computes exactly what the plain one did
-        cfg = {**net.config, "metric_attention": True}
+    add = {k: True for k in GROWABLE if model_cfg.get(k) and not net.config.get(k)}
+    if add:
+        # grow the network: the added parts start (nearly) switched off, so the grown
+        # network computes (nearly) what the source did
+        cfg = {**net.config, **add}
         grown = PFNTransformer(**cfg, borders=net.borders.detach().clone()).to(device)
         missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
-        assert not unexpected and all(".metric_" in k for k in missing), (missing, unexpected)
+        assert not unexpected and all(is_grown_parameter(k) for k in missing), missing
         grown.checkpoint_metadata = getattr(net, "checkpoint_metadata", {})
         net = grown
     diff = {
@@ -371,7 +381,7 @@ def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.dev
 def _make_optimizer(net: PFNTransformer, t: dict[str, Any], device: torch.device):
     decay, no_decay, metric = [], [], []
     for name, p in net.named_parameters():
-        if ".metric_" in name:
+        if is_grown_parameter(name):
             metric.append(p)
         else:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -381,7 +391,7 @@ def _make_optimizer(net: PFNTransformer, t: dict[str, Any], device: torch.device
     ]
     if metric:  # no decay: a gate or scale pulled to zero switches the term off
         groups.append(
-            {"params": metric, "weight_decay": 0.0, "lr_mult": t.get("metric_lr_mult", 1.0)}
+            {"params": metric, "weight_decay": 0.0, "lr_mult": t.get("grown_lr_mult", 1.0)}
         )
     kw = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), **kw)

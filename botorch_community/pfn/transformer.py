@@ -43,6 +43,11 @@ def default_borders(num_buckets: int, bound: float = 6.0) -> Tensor:
     return torch.cat([edges[0], inner, edges[1]]).float()
 
 
+#: Temperature of the soft minimum in :meth:`PFNLayer.metric_bias` (in units of the
+#: scaled squared distance, before the gate).
+METRIC_SOFTMIN_TEMPERATURE = 0.01
+
+
 class PFNLayer(nn.Module):
     r"""A pre-norm transformer layer in which queries attend to given keys/values.
 
@@ -101,13 +106,17 @@ class PFNLayer(nn.Module):
         r"""The distance term of the attention logits.
 
         .. math::
-            b_{h}(q, k) = g_h \Big(\max_{k'} \big(-\textstyle\sum_j s_{hj}(z_q)
-                (x_{qj} - x_{k'j})^2\big) - \sum_j s_{hj}(z_q) (x_{qj} - x_{kj})^2\Big)
+            b_h(q, k) = g_h \big(\mathrm{softmin}_{\tau, k'}\, D_h(q, k') - D_h(q, k)\big),
+            \quad D_h(q, k) = \textstyle\sum_j s_{hj}(z_q) (x_{qj} - x_{kj})^2,
 
-        for a context row `k`, and `0` for the learned context token (key 0). The scales
+        for a context row `k`, and `0` for the learned context token (key 0), with
+        `softmin_tau(D) = -tau log sum_k exp(-D_k / tau)`. The scales
         `s = exp(clamp(W z_q + c))` depend on the query state, so a head can adapt its
-        (ARD) metric to the dataset the query has seen. Subtracting the closest row's
-        term keeps the context token on the same footing as the nearest row.
+        (ARD) metric to the dataset the query has seen. Subtracting (about) the closest
+        row's distance keeps the context token on the same footing as the nearest row;
+        the soft minimum (`tau = 0.01`, within `tau log n` of the minimum) keeps the
+        logits smooth in the test inputs where the nearest row changes (the kink of a
+        hard minimum made L-BFGS line searches fail).
 
         Args:
             z: `B x q x e` normalised query states (rows with inputs only).
@@ -125,8 +134,9 @@ class PFNLayer(nn.Module):
             log_s = torch.einsum("bqe,hde->bqhd", z.to(dt), w) + c  # `B x q x nhead x d`
             s = log_s.clamp(-12.0, 14.0).exp()
             dist = torch.einsum("bqhd,bqkd->bhqk", s, sqdist.to(dt))  # `B x nhead x q x n`
-            if n > 0:
-                dist = dist - dist.amin(dim=-1, keepdim=True)
+            if n > 0:  # subtract a soft minimum over the context rows
+                t = METRIC_SOFTMIN_TEMPERATURE
+                dist = dist + t * torch.logsumexp(-dist / t, dim=-1, keepdim=True)
             bias = F.pad(-dist, (1, 0))  # the context token (key 0) gets 0
             return bias * self.metric_gate.to(dt).view(-1, 1, 1)
 
@@ -211,6 +221,7 @@ class PFNTransformer(nn.Module):
         dropout: float = 0.0,
         max_context: Optional[int] = None,
         metric_attention: bool = False,
+        gaussian_head: bool = False,
     ) -> None:
         r"""
         Args:
@@ -233,6 +244,13 @@ class PFNTransformer(nn.Module):
                 sharply to the closest context rows, which precise interpolation of
                 nearly noise-free data needs. It starts switched off (zero gates), so
                 a plain network's weights are a valid warm start.
+            gaussian_head: Mix a discretised Gaussian into the output bar
+                distribution (:meth:`output_log_probs`). A peak narrower than a few
+                buckets at an arbitrary place needs huge, finely placed logits from the
+                decoder; a Gaussian needs only a mean and a log-scale, so nearly
+                noise-free predictions can be sharp. The result is still a bar
+                distribution over the same buckets. It starts with mixing weight
+                `sigmoid(-6)`, so a plain network's weights are a near-exact warm start.
         """
         super().__init__()
         if borders is None:
@@ -256,7 +274,10 @@ class PFNTransformer(nn.Module):
         )
         if metric_attention:  # only recorded when on: older configs stay valid
             self.config["metric_attention"] = True
+        if gaussian_head:
+            self.config["gaussian_head"] = True
         self.metric_attention = bool(metric_attention)
+        self.gaussian_head = bool(gaussian_head)
         self.num_features = num_features
         self.num_buckets = num_buckets
         self.max_context = max_context
@@ -278,6 +299,58 @@ class PFNTransformer(nn.Module):
             nn.GELU(),
             nn.Linear(nhid, num_buckets),
         )
+        if gaussian_head:
+            # (mean shift, log-scale ratio, mixing logit) of the Gaussian component,
+            # relative to the bar distribution's own mean and std
+            self.gauss_head = nn.Linear(nhid, 3)
+            nn.init.zeros_(self.gauss_head.weight)
+            with torch.no_grad():
+                self.gauss_head.bias.copy_(torch.tensor([0.0, 0.0, -6.0]))
+
+    # ------------------------------------------------------------------ output
+    def output_log_probs(self, h: Tensor) -> Tensor:
+        r"""The output head: bucket logits from final token states.
+
+        Without ``gaussian_head`` these are the decoder's logits. With it they are the
+        log-probabilities of the mixture
+
+        .. math::
+            p_i = (1 - w)\,\mathrm{softmax}(\ell)_i + w \big(\Phi(z_{i+1}) - \Phi(z_i)\big),
+            \quad z_i = (b_i - \mu) / \sigma,
+
+        with `mu = mean(softmax(l)) + delta`, `sigma = std(softmax(l)) * exp(rho)` and
+        `w = sigmoid(omega)`, where `(delta, rho, omega)` come from the decoder's hidden
+        layer. Gaussian mass outside the outer borders is dropped (the logits are
+        renormalised by every consumer, as any logits are).
+
+        Args:
+            h: `batch_shape x m x emsize` final states of the test tokens.
+
+        Returns:
+            `batch_shape x m x num_buckets` logits.
+        """
+        if not self.gaussian_head:
+            return self.decoder(h)
+        hidden = self.decoder[:3](h)  # `... x nhid`
+        logits = self.decoder[3](hidden)
+        dt = torch.promote_types(h.dtype, torch.float32)
+        with torch.autocast(h.device.type, enabled=False):
+            log_bar = torch.log_softmax(logits.to(dt), dim=-1)
+            borders = self.borders.to(dt)
+            centers = 0.5 * (borders[1:] + borders[:-1])  # `K`
+            p = log_bar.exp()
+            mean = p @ centers
+            var = (p @ centers.square() - mean.square()).clamp_min(1e-12)
+            delta, rho, omega = F.linear(
+                hidden.to(dt), self.gauss_head.weight.to(dt), self.gauss_head.bias.to(dt)
+            ).unbind(-1)
+            mu = mean + delta
+            sigma = var.sqrt() * rho.clamp(-12.0, 4.0).exp()
+            log_q = _log_gaussian_bucket_probs(mu, sigma, borders)
+            return torch.logaddexp(
+                log_bar + F.logsigmoid(-omega).unsqueeze(-1),
+                log_q + F.logsigmoid(omega).unsqueeze(-1),
+            )
 
     # ------------------------------------------------------------------ encoders
     def encode_x(self, X: Tensor) -> Tensor:
@@ -386,7 +459,7 @@ class PFNTransformer(nn.Module):
             k, v = layer.context_kv(h[:, :n_ctx])
             h = layer.attend(h, k, v, sqdist, token_row=True)
         h = h.reshape(*batch_shape, *h.shape[-2:])
-        return self.decoder(h[..., n_ctx:, :])
+        return self.output_log_probs(h[..., n_ctx:, :])
 
     # ------------------------------------------------------------------- dtype
     @property
@@ -595,7 +668,30 @@ class PFNTransformer(nn.Module):
             k = k.reshape(-1, *k.shape[-3:])
             v = v.reshape(-1, *v.shape[-3:])
             h = layer.attend(h, k, v, sqdist)
-        return restore(self.decoder(h))
+        return restore(self.output_log_probs(h))
+
+
+def _log_gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:
+    r"""Log-probabilities of the buckets under `N(mu, sigma^2)`.
+
+    Args:
+        mu: `batch_shape` means.
+        sigma: `batch_shape` standard deviations.
+        borders: `K + 1` increasing borders.
+
+    Returns:
+        `batch_shape x K`, floored at `log(1e-30)` (no `-inf`, no NaN gradients).
+    """
+    z = (borders - mu.unsqueeze(-1)) / sigma.unsqueeze(-1)  # `batch_shape x (K + 1)`
+    lo, hi = z[..., :-1], z[..., 1:]
+    # difference of the upper tails above the mean, of the CDFs below: no cancellation
+    upper = lo > 0
+    q = torch.where(
+        upper,
+        torch.special.ndtr(-lo) - torch.special.ndtr(-hi),
+        torch.special.ndtr(hi) - torch.special.ndtr(lo),
+    )
+    return q.clamp_min(1e-30).log()
 
 
 def _to_cache_layout(h: Tensor, cache_batch_shape: torch.Size):
