@@ -379,19 +379,19 @@ def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.dev
 
 
 def _make_optimizer(net: PFNTransformer, t: dict[str, Any], device: torch.device):
-    decay, no_decay, metric = [], [], []
+    decay, no_decay, grown = [], [], []
     for name, p in net.named_parameters():
         if is_grown_parameter(name):
-            metric.append(p)
+            grown.append(p)
         else:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": t["weight_decay"]},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if metric:  # no decay: a gate or scale pulled to zero switches the term off
+    if grown:  # no decay: a gate or scale pulled to zero switches the part off
         groups.append(
-            {"params": metric, "weight_decay": 0.0, "lr_mult": t.get("grown_lr_mult", 1.0)}
+            {"params": grown, "weight_decay": 0.0, "lr_mult": t.get("grown_lr_mult", 1.0)}
         )
     kw = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), **kw)

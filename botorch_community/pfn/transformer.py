@@ -592,10 +592,12 @@ class PFNTransformer(nn.Module):
         h_extra = (self.encode_x(extra_X) + y_enc).reshape(-1, k, h_shared.shape[-1])
         Bf = h_extra.shape[0]
         h = torch.cat([h_shared.expand(Bf, -1, -1), h_extra], dim=-2)  # `Bf x (n+1+k) x e`
-        all_X = torch.cat(
-            [ctx_X.expand(Bf, -1, -1), extra_X.reshape(Bf, k, ctx_X.shape[-1])], dim=-2
-        )  # `Bf x (n+k) x d`
-        sqdist = self._sqdist(all_X, all_X)
+        all_X, sqdist = None, None
+        if self.metric_attention:
+            all_X = torch.cat(
+                [ctx_X.expand(Bf, -1, -1), extra_X.reshape(Bf, k, ctx_X.shape[-1])], dim=-2
+            )  # `Bf x (n+k) x d`
+            sqdist = self._sqdist(all_X, all_X)
         reuse = (
             base_cache is not None
             and base_cache.batch_shape == torch.Size([])
@@ -621,9 +623,7 @@ class PFNTransformer(nn.Module):
             batch_shape=batch_shape,
             num_context=ctx_X.shape[-2] + k,
             network_state=self.weights_state(),
-            context_X=all_X.reshape(*batch_shape, *all_X.shape[-2:])
-            if self.metric_attention
-            else None,
+            context_X=None if all_X is None else all_X.reshape(*batch_shape, *all_X.shape[-2:]),
         )
 
     def predict(self, test_X: Tensor, kv_cache: KVCache) -> Tensor:
