@@ -35,7 +35,12 @@ Outputs ``<out>.json``, ``<out>.md`` (the tables) and ``<out>.png`` (NLL vs n pe
 Usage::
 
     .venv/bin/python benchmarks/quality_nll.py [--quick] [--checkpoint PATH]
-        [--datasets K] [--dims 1 2 4 6 10] [--ns 5 10 25 50 100 200]
+        [--datasets K] [--dims 1 2 4 6 10] [--ns 5 10 25 50 100 200] [--ensemble E]
+        [--reuse-baselines benchmarks/results/quality_nll.json --out STEM]
+
+``--reuse-baselines`` skips the baselines (about 95% of the run time) by reading them from
+an earlier run on the same datasets; it checks that the seed, grid, sizes, number of
+hyperparameter samples and the prior agree, and that the regenerated test targets match.
 """
 
 from __future__ import annotations
@@ -72,6 +77,12 @@ def parse_args():
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a loaded 2-core machine)")
     p.add_argument("--no-stgp", action="store_true", help="skip the SingleTaskGP")
+    p.add_argument("--ensemble", type=int, default=1,
+                   help="PFNModel(ensemble_size=E): average over E input symmetries")
+    p.add_argument("--reuse-baselines", default=None, metavar="JSON",
+                   help="take oracle, Bayes and SingleTaskGP figures from an earlier run's "
+                        "JSON with the same datasets (seed, grid, sizes, samples, prior) "
+                        "instead of recomputing them (the PFN is always evaluated)")
     p.add_argument("--out", default=None,
                    help="output stem (default benchmarks/results/quality_nll[_quick])")
     args = p.parse_args()
@@ -188,6 +199,22 @@ def gauss_nll(mu, var, y):
     return 0.5 * (math.log(2 * math.pi) + var.log() + (y - mu) ** 2 / var)
 
 
+def load_baselines(args, prior: dict, cells) -> dict:
+    r"""Per-cell records of an earlier run on the same datasets (``--reuse-baselines``)."""
+    old = json.loads(Path(args.reuse_baselines).read_text())
+    for key in ("seed", "datasets", "test_points", "samples"):
+        if old["args"][key] != getattr(args, key):
+            raise SystemExit(f"--reuse-baselines: {key} differs ({old['args'][key]} there, "
+                             f"{getattr(args, key)} here).")
+    if old["prior"] != json.loads(json.dumps(prior)):
+        raise SystemExit("--reuse-baselines: the earlier run used a different prior.")
+    by_cell = {(c["d"], c["n"]): c for c in old["cells"]}
+    missing = [c for c in cells if c not in by_cell]
+    if missing:
+        raise SystemExit(f"--reuse-baselines: cells {missing} are not in {args.reuse_baselines}.")
+    return by_cell
+
+
 def mean_se(xs):
     import numpy as np
 
@@ -241,6 +268,9 @@ def main() -> None:
 
     K, M, S = args.datasets, args.test_points, args.samples
     cells = [(d, n) for d in dims for n in args.ns]
+    reused = None
+    if args.reuse_baselines:
+        reused = load_baselines(args, prior.to_dict(), cells)
     results, units_check = [], None
     t_start = time.time()
     bar = tqdm(cells, desc="quality_nll", unit="cell")
@@ -255,18 +285,26 @@ def main() -> None:
         # (a) oracle
         mu, var = batch.oracle_predictive(n)
         oracle = gauss_nll(mu, var, sY).squeeze(-1)  # K x M
-        # (b) Bayes by SNIS: the same S prior draws for every dataset of the cell
         t0 = time.time()
-        hg = torch.Generator().manual_seed(args.seed * 7919 + 1000 * d + n + 1)
-        hp = sample_hyperparameters(S, d, prior, hg)
-        groups = [hp.index(hp.is_matern), hp.index(~hp.is_matern)]
-        groups = [h for h in groups if h.batch_size > 0]
-        chunk = max(50, int(4e6 // max(1, n * (n + M))))
-        bayes, ess = torch.empty(K, M, dtype=torch.float64), []
-        for i in range(K):
-            lp, e = bayes_predictive(groups, tX[i], tY[i, :, 0], sX[i], sY[i, :, 0], chunk)
-            bayes[i] = -lp
-            ess.append(e)
+        if reused is not None:
+            old = reused[(d, n)]["per_dataset"]
+            if not np.allclose(old["oracle"], oracle.mean(-1).numpy(), rtol=1e-9, atol=1e-9):
+                raise SystemExit(f"--reuse-baselines: the oracle NLLs of cell (d={d}, n={n})"
+                                 " differ from the earlier run's: not the same datasets.")
+            bayes = torch.tensor(old["bayes"], dtype=torch.float64).unsqueeze(-1)  # K x 1
+            ess = list(old["ess"])
+        else:
+            # (b) Bayes by SNIS: the same S prior draws for every dataset of the cell
+            hg = torch.Generator().manual_seed(args.seed * 7919 + 1000 * d + n + 1)
+            hp = sample_hyperparameters(S, d, prior, hg)
+            groups = [hp.index(hp.is_matern), hp.index(~hp.is_matern)]
+            groups = [h for h in groups if h.batch_size > 0]
+            chunk = max(50, int(4e6 // max(1, n * (n + M))))
+            bayes, ess = torch.empty(K, M, dtype=torch.float64), []
+            for i in range(K):
+                lp, e = bayes_predictive(groups, tX[i], tY[i, :, 0], sX[i], sY[i, :, 0], chunk)
+                bayes[i] = -lp
+                ess.append(e)
         timing["bayes_s"] = time.time() - t0
         # PFN
         t0 = time.time()
@@ -275,7 +313,7 @@ def main() -> None:
         cov_pfn = {50: [], 90: []}
         with torch.no_grad():
             for i in range(K):
-                model = PFNModel(tX[i], tY[i], model=net)
+                model = PFNModel(tX[i], tY[i], model=net, ensemble_size=args.ensemble)
                 post = model.posterior(sX[i])
                 y = sY[i, :, 0].to(post.dtype)
                 lp = post.log_prob(y)
@@ -290,7 +328,7 @@ def main() -> None:
                 for lev, (lo, hi) in ((50, (0.25, 0.75)), (90, (0.05, 0.95))):
                     q = post.icdf(torch.tensor([[lo], [hi]], dtype=post.dtype)).squeeze(-1)
                     cov_pfn[lev].append(((y >= q[0]) & (y <= q[1])).double().mean().item())
-                if units_check is None and n >= 2:
+                if units_check is None and n >= 2 and model.ensemble_size == 1:
                     # -log_prob in user units == bar NLL of standardised y + log std
                     mean, std = context_moments(tY[i:i + 1].float())
                     logits = net(tX[i:i + 1].float(), ((tY[i:i + 1] - mean) / std).float(),
@@ -308,7 +346,12 @@ def main() -> None:
         stgp = torch.full((K, M), float("nan"), dtype=torch.float64)
         cov_gp = {50: [float("nan")] * K, 90: [float("nan")] * K}
         stgp_error = None
-        if not args.no_stgp:
+        if reused is not None:
+            old = reused[(d, n)]["per_dataset"]
+            stgp = torch.tensor(old["stgp"], dtype=torch.float64).unsqueeze(-1)  # K x 1
+            cov_gp = {50: list(old["stgp_cov50"]), 90: list(old["stgp_cov90"])}
+            stgp_error = reused[(d, n)].get("stgp_error")
+        elif not args.no_stgp:
             try:
                 gmu, gvar = torch.empty(K, M, dtype=torch.float64), torch.empty(K, M, dtype=torch.float64)
                 with warnings.catch_warnings():
@@ -365,6 +408,7 @@ def main() -> None:
     out = {
         "benchmark": "quality_nll", "checkpoint": ckpt, "checkpoint_sha256": ckpt_sha,
         "checkpoint_step": meta.get("step", (meta.get("training") or {}).get("steps")), "prior_source": prior_src, "prior": prior.to_dict(),
+        "ensemble_size": args.ensemble,
         "args": vars(args), "skipped_dims": skipped_dims, "units_check": units_check,
         "noise_free_below": NOISE_FREE_BELOW, "low_ess": LOW_ESS,
         "elapsed_s": elapsed, "machine": C.machine_info("cpu"),
@@ -416,7 +460,9 @@ def markdown(out) -> str:
     res, a = out["cells"], out["args"]
     L = [
         f"### PFN predictive quality on held-out prior datasets ({Path(out['checkpoint']).name}"
-        f", step {out['checkpoint_step']}, sha256 {str(out.get('checkpoint_sha256'))[:12]})", "",
+        f", step {out['checkpoint_step']}, sha256 {str(out.get('checkpoint_sha256'))[:12]}"
+        + (f", ensemble of {out['ensemble_size']} input symmetries"
+           if out.get("ensemble_size", 1) > 1 else "") + ")", "",
         f"Mean NLL per test point of the raw y (nats; lower is better), {a['datasets']} "
         f"datasets x {a['test_points']} test points per cell; Bayes = SNIS over "
         f"{a['samples']} prior hyperparameter draws; ± = standard error over datasets "

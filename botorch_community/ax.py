@@ -174,6 +174,8 @@ PFN_MODEL_OPTIONS = {
     "input_transform": "a BoTorch InputTransform (Ax passes a Normalize itself)",
     "network_dtype": "'float32' or 'float64': the dtype the network computes in (default: "
     "float64 for Ax's float64 data)",
+    "ensemble_size": "average the predictive over this many input symmetries of the prior "
+    "(default 1; each member costs one more network pass)",
 }
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # What Ax derives from the search space and passes when it applies.
@@ -265,6 +267,8 @@ def construct_pfn_inputs(
                 )
             dt = _DTYPES[dt]
         inputs["network_dtype"] = dt
+    if options.get("ensemble_size") is not None:
+        inputs["ensemble_size"] = options["ensemble_size"]
     return inputs
 
 

@@ -337,6 +337,8 @@ def test_construct_inputs(net):
     assert PFNModel(**inputs).network_dtype == torch.float32  # a JSON-friendly string
     with pytest.raises(UnsupportedError, match="network_dtype must be one of"):
         PFNModel.construct_inputs(ds, network="test-pfn", network_dtype="half")
+    inputs = PFNModel.construct_inputs(ds, network="test-pfn", ensemble_size=4)
+    assert PFNModel(**inputs).ensemble_size == 4
     with pytest.raises(UnsupportedError, match=r"unknown model option\(s\) \['nu'\]"):
         PFNModel.construct_inputs(ds, network="test-pfn", nu=2.5)
     with pytest.raises(UnsupportedError, match="not both"):
