@@ -7,16 +7,18 @@
 #   warm: a new run initialised from the checkpoint RESTORE/model (fresh optimizer), with
 #   extra --set overrides in $EXTRA (used when the optimizer state is too big to carry).
 #   start also takes $EXTRA; resume on the same warm machine keeps the optimizer state.
+#   $CONFIG names the training config (default: default_metric; default_noise_hint grows
+#   noise hints).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-MODE=$1; MIN=$2; BUDGET=${3:-17}; RESTORE=${4:-}
+MODE=$1; MIN=$2; BUDGET=${3:-17}; RESTORE=${4:-}; CONFIG=${CONFIG:-default_metric}
 R=runs/metric
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 if [ "$MODE" = start ]; then
-  python -m botorch_community.pfn.train --config default_metric --out $R ${EXTRA:-} \
+  python -m botorch_community.pfn.train --config $CONFIG --out $R ${EXTRA:-} \
     --budget-minutes "$BUDGET" --max-minutes "$MIN" --no-progress >"$OUT/train.log" 2>&1
 elif [ "$MODE" = warm ]; then
-  python -m botorch_community.pfn.train --config default_metric --out $R \
+  python -m botorch_community.pfn.train --config $CONFIG --out $R \
     --set "train.init_from=\"$RESTORE/model\"" ${EXTRA:-} \
     --budget-minutes "$BUDGET" --max-minutes "$MIN" --no-progress >"$OUT/train.log" 2>&1
 else

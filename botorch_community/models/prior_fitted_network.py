@@ -19,7 +19,7 @@ import logging
 import math
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, NamedTuple, Optional, Union
 
 import torch
 from botorch.acquisition.objective import (
@@ -121,8 +121,12 @@ class PFNModel(Model):
             checkpoint_url: A local checkpoint path written by
                 ``python -m botorch_community.pfn.train`` (ignored if `model` is given).
                 Named for compatibility with upstream; no URL is ever downloaded.
-            train_Yvar: Ignored (the PFN infers noise from the data); accepted for
-                compatibility with BoTorch/Ax model constructors.
+            train_Yvar: `n x 1` known observation-noise variances of `train_Y` (0 for
+                a noise-free objective; NaN where unknown). Networks trained with noise
+                hints (``noise_hint=True``) condition on them and, e.g., interpolate
+                noise-free data instead of explaining part of it as noise; other
+                networks ignore them and infer the noise from the data, as they do
+                without `train_Yvar`. Pending points get the median known variance.
             input_transform: A BoTorch input transform applied to training and test
                 inputs (e.g. ``Normalize(d, bounds=...)`` to map to the unit cube).
             cache_context: If True (default), the encoded context is kept between
@@ -149,7 +153,9 @@ class PFNModel(Model):
         network = _as_network(model, checkpoint_url)
         self._validate_training_data(train_X, train_Y, network)
         if train_Yvar is not None:
-            logger.debug("train_Yvar is ignored by PFNModel.")
+            self._validate_train_Yvar(train_Yvar, train_Y)
+            if not network.noise_hint:
+                logger.debug("train_Yvar is ignored: the network takes no noise hints.")
         # Inference only: gradients flow to the test inputs, never to the weights.
         network.requires_grad_(False)
         self._shared = _SharedNetwork(network)
@@ -277,6 +283,26 @@ class PFNModel(Model):
                 stacklevel=3,
             )
 
+    @staticmethod
+    def _validate_train_Yvar(train_Yvar: Tensor, train_Y: Tensor) -> None:
+        if train_Yvar.shape != train_Y.shape:
+            raise UnsupportedError(
+                f"train_Yvar must have the shape of train_Y {tuple(train_Y.shape)}, got "
+                f"{tuple(train_Yvar.shape)}."
+            )
+        known = train_Yvar[~torch.isnan(train_Yvar)]
+        if not bool(torch.isfinite(known).all()) or bool((known < 0).any()):
+            raise ValueError(
+                "train_Yvar must hold non-negative noise variances (0: noise-free, NaN: "
+                "unknown); it contains negative or infinite values."
+            )
+
+    @property
+    def uses_noise_hint(self) -> bool:
+        r"""Whether the network conditions on `train_Yvar` (given, and the network was
+        trained with noise hints)."""
+        return self.train_Yvar is not None and self.pfn.noise_hint
+
     # Transforms are applied on the fly; BoTorch's train/eval hooks for GP training
     # inputs do not apply.
     def _set_transformed_inputs(self) -> None:
@@ -286,14 +312,14 @@ class PFNModel(Model):
         pass
 
     # ------------------------------------------------------------------- context
-    def _context(
-        self, pending_X: Optional[Tensor], negate_train_ys: bool
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        r"""The network's context: transformed inputs and standardised targets.
+    def _context(self, pending_X: Optional[Tensor], negate_train_ys: bool) -> "_Context":
+        r"""The network's context: transformed inputs, standardised targets and, for a
+        network with noise hints, the known noise variances in standardised units.
 
         Returns:
-            `ctx_X` (`n' x d`), `ctx_Y` (`n' x 1`, NaN for pending rows), and the
-            `mean`, `std` (each `1 x 1`) that map standardised targets to user units.
+            A :class:`_Context`: `X` (`n' x d`), `Y` (`n' x 1`, NaN for pending rows),
+            `Yvar` (`n' x 1` or None), and the `mean`, `std` (each `1 x 1`) that map
+            standardised targets to user units.
         """
         with torch.no_grad():
             train_X = self.train_X
@@ -302,6 +328,9 @@ class PFNModel(Model):
             train_Y = -self.train_Y if negate_train_ys else self.train_Y
             mean, std = context_moments(train_Y)
             ctx_Y = (train_Y - mean) / std
+            ctx_Yvar = None
+            if self.uses_noise_hint:
+                ctx_Yvar = self.train_Yvar.to(ctx_Y) / std.square()
             if pending_X is not None:
                 pending_X = self._check_pending(pending_X)
                 if hasattr(self, "input_transform"):
@@ -309,7 +338,17 @@ class PFNModel(Model):
                 train_X = torch.cat([train_X, pending_X.to(train_X)], dim=-2)
                 nan = ctx_Y.new_full((pending_X.shape[-2], 1), float("nan"))  # n may be 0
                 ctx_Y = torch.cat([ctx_Y, nan], dim=-2)
-        return train_X, ctx_Y, mean, std
+                if ctx_Yvar is not None:
+                    ctx_Yvar = torch.cat([ctx_Yvar, self._typical_Yvar(ctx_Yvar, nan)], dim=-2)
+        return _Context(train_X, ctx_Y, ctx_Yvar, mean, std)
+
+    @staticmethod
+    def _typical_Yvar(ctx_Yvar: Tensor, like: Tensor) -> Tensor:
+        r"""The median known variance (NaN if none is known), shaped like `like`: the
+        hint of rows whose noise is not given (pending and conditioning rows)."""
+        known = ctx_Yvar[~torch.isnan(ctx_Yvar)]
+        value = known.median() if known.numel() else ctx_Yvar.new_tensor(float("nan"))
+        return value.expand_as(like).to(like)
 
     def _check_pending(self, pending_X: Tensor) -> Tensor:
         if pending_X.dim() != 2 or pending_X.shape[-1] != self.train_X.shape[-1]:
@@ -321,31 +360,49 @@ class PFNModel(Model):
             raise ValueError("pending_X contains NaN or inf values; drop those points.")
         return pending_X.detach()
 
-    def _fingerprint(self, net: PFNTransformer, ctx_X: Tensor, ctx_Y: Tensor) -> tuple:
-        return (ctx_X.clone(), ctx_Y.clone(), net.training, net.weights_state())
+    def _fingerprint(
+        self, net: PFNTransformer, ctx_X: Tensor, ctx_Y: Tensor, ctx_Yvar: Optional[Tensor]
+    ) -> tuple:
+        Yvar = None if ctx_Yvar is None else ctx_Yvar.clone()
+        return (ctx_X.clone(), ctx_Y.clone(), Yvar, net.training, net.weights_state())
 
     def _is_fresh(
-        self, net: PFNTransformer, cache: Optional[KVCache], ctx_X: Tensor, ctx_Y: Tensor
+        self,
+        net: PFNTransformer,
+        cache: Optional[KVCache],
+        ctx_X: Tensor,
+        ctx_Y: Tensor,
+        ctx_Yvar: Optional[Tensor],
     ) -> bool:
         if cache is None:
             return False
-        c_X, c_Y, c_training, c_state = cache.fingerprint
+        c_X, c_Y, c_Yvar, c_training, c_state = cache.fingerprint
         return (
             c_training == net.training
             and c_state == net.weights_state()
             and c_X.shape == ctx_X.shape
             and c_X.dtype == ctx_X.dtype
             and torch.equal(c_X, ctx_X)
-            and torch.equal(c_Y.isnan(), ctx_Y.isnan())
-            and torch.equal(c_Y.nan_to_num(), ctx_Y.nan_to_num())
+            and _equal_with_nan(c_Y, ctx_Y)
+            and (c_Yvar is None) == (ctx_Yvar is None)
+            and (ctx_Yvar is None or _equal_with_nan(c_Yvar, ctx_Yvar))
         )
 
-    def _cached_context(self, net: PFNTransformer, ctx_X: Tensor, ctx_Y: Tensor) -> KVCache:
+    def _cached_context(
+        self,
+        net: PFNTransformer,
+        ctx_X: Tensor,
+        ctx_Y: Tensor,
+        ctx_Yvar: Optional[Tensor] = None,
+    ) -> KVCache:
         r"""The held cache if still valid for `net` (from :meth:`_network`), else a newly
         encoded one (held)."""
-        if not self._is_fresh(net, self._kv_cache, ctx_X, ctx_Y):
+        if not self._is_fresh(net, self._kv_cache, ctx_X, ctx_Y, ctx_Yvar):
             self._kv_cache = net.encode_context(
-                ctx_X, ctx_Y, fingerprint=self._fingerprint(net, ctx_X, ctx_Y)
+                ctx_X,
+                ctx_Y,
+                fingerprint=self._fingerprint(net, ctx_X, ctx_Y, ctx_Yvar),
+                train_Yvar=ctx_Yvar,
             )
             self.num_encodings += 1
         return self._kv_cache
@@ -432,34 +489,37 @@ class PFNModel(Model):
             `std` (`1 x 1`) mapping standardised targets to user units.
         """
         X_t = self._prepare_X(X)
-        ctx_X, ctx_Y, mean, std = self._context(pending_X, negate_train_ys)
+        ctx = self._context(pending_X, negate_train_ys)
         if self.ensemble_size > 1:
-            return self._ensemble_logits(X_t, ctx_X, ctx_Y).to(X), mean, std
+            return self._ensemble_logits(X_t, ctx).to(X), ctx.mean, ctx.std
         with _eval_mode(self.pfn):
             net = self._network()  # resolved once per call (the dtype copy's check costs)
             if self._caching:
-                cache = self._cached_context(net, ctx_X, ctx_Y)
+                cache = self._cached_context(net, ctx.X, ctx.Y, ctx.Yvar)
                 logits = net.predict(X_t, cache)
             else:
                 # Reference path: the context goes with every test batch element.
                 X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `b x q x d`
                 b = X_b.shape[0]
+                Yvar = None if ctx.Yvar is None else ctx.Yvar.expand(b, *ctx.Yvar.shape)
                 logits = net(
-                    ctx_X.expand(b, *ctx_X.shape), ctx_Y.expand(b, *ctx_Y.shape), X_b
+                    ctx.X.expand(b, *ctx.X.shape), ctx.Y.expand(b, *ctx.Y.shape), X_b,
+                    train_Yvar=Yvar,
                 ).reshape(*X_t.shape[:-1], -1)
                 self.num_encodings += 1
-        return logits.to(X), mean, std
+        return logits.to(X), ctx.mean, ctx.std
 
-    def _ensemble_logits(self, X_t: Tensor, ctx_X: Tensor, ctx_Y: Tensor) -> Tensor:
+    def _ensemble_logits(self, X_t: Tensor, ctx: "_Context") -> Tensor:
         r"""Logits of the ensemble's averaged bar distribution (see `ensemble_size`).
 
         Args:
             X_t: `b? x q x d` transformed inputs.
-            ctx_X: `n x d` context inputs; `ctx_Y`: `n x 1` standardised targets.
+            ctx: The context from :meth:`_context`.
 
         Returns:
             `b? x q x num_buckets` logits: the log of the members' mean probabilities.
         """
+        ctx_X, ctx_Y, ctx_Yvar = ctx.X, ctx.Y, ctx.Yvar
         E = self.ensemble_size
         perms, flips = self._symmetries
         X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `N x q x d`
@@ -467,19 +527,23 @@ class PFNModel(Model):
         X_e = apply_input_symmetries(X_b, perms, flips)  # `E x N x q x d`
         ctx_X_e = apply_input_symmetries(ctx_X, perms, flips).unsqueeze(1)  # `E x 1 x n x d`
         ctx_Y_e = ctx_Y.expand(E, 1, *ctx_Y.shape)  # `E x 1 x n x 1`
+        Yvar_e = None if ctx_Yvar is None else ctx_Yvar.expand(E, 1, *ctx_Yvar.shape)
         with _eval_mode(self.pfn):
             net = self._network()
             if self._caching:
                 # One cached context per member (cache batch `E x 1`): the `N x q` test
                 # points of a member are one query sequence against its context.
-                cache = self._cached_context(net, ctx_X_e, ctx_Y_e)
+                cache = self._cached_context(net, ctx_X_e, ctx_Y_e, Yvar_e)
                 logits = net.predict(X_e, cache)  # `E x N x q x B`
             else:
                 n = ctx_X.shape[-2]
+                if Yvar_e is not None:
+                    Yvar_e = Yvar_e.expand(E, N, n, 1).reshape(E * N, n, 1)
                 logits = net(
                     ctx_X_e.expand(E, N, n, d).reshape(E * N, n, d),
                     ctx_Y_e.expand(E, N, n, 1).reshape(E * N, n, 1),
                     X_e.reshape(E * N, q, d),
+                    train_Yvar=Yvar_e,
                 ).reshape(E, N, q, -1)
                 self.num_encodings += 1
         log_p = torch.logsumexp(logits.log_softmax(dim=-1), dim=0) - math.log(E)
@@ -563,9 +627,16 @@ class PFNModel(Model):
                 "conditioning (fantasies) is not supported."
             )
         tf = getattr(self, "input_transform", None)
+        train_Yvar = self.train_Yvar
+        if train_Yvar is not None:  # the new rows: `noise` if given, else the median
+            noise = kwargs.get("noise")
+            if noise is None:
+                noise = self._typical_Yvar(train_Yvar, Y)
+            train_Yvar = torch.cat([train_Yvar, noise.to(train_Yvar).expand_as(Y)], dim=0)
         new = self.__class__(
             train_X=torch.cat([self.train_X, X.to(self.train_X)], dim=0),
             train_Y=torch.cat([self.train_Y, Y.to(self.train_Y)], dim=0),
+            train_Yvar=train_Yvar,
             model=self.pfn,
             # A copy: a transform that learns (Normalize) must not change this model's.
             input_transform=copy.deepcopy(tf) if tf is not None else None,
@@ -580,6 +651,20 @@ class PFNModel(Model):
             "PFNModel does not support fantasize(); use the discretized acquisition "
             "functions or MC acquisition functions that do not fantasize."
         )
+
+
+class _Context(NamedTuple):
+    r"""The network's view of the training data (see :meth:`PFNModel._context`)."""
+
+    X: Tensor  # `n x d` transformed inputs (pending rows last)
+    Y: Tensor  # `n x 1` standardised targets (NaN: pending)
+    Yvar: Optional[Tensor]  # `n x 1` known noise variances, standardised (noise hints)
+    mean: Tensor  # `1 x 1`
+    std: Tensor  # `1 x 1`
+
+
+def _equal_with_nan(a: Tensor, b: Tensor) -> bool:
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
 @contextmanager
@@ -715,7 +800,8 @@ class MultivariatePFNModel(PFNModel):
         """
         batch_shape, q = X.shape[:-2], X.shape[-2]
         X_t = self.transform_inputs(X).reshape(-1, q, X.shape[-1])  # `b x q x d`
-        ctx_X, ctx_Y, mean, std = self._context(pending_X, negate_train_ys)
+        ctx = self._context(pending_X, negate_train_ys)
+        ctx_X, ctx_Y, mean, std = ctx.X, ctx.Y, ctx.mean, ctx.std
         mu = marginals.mean.squeeze(-1).reshape(-1, q)  # `b x q`, user units
         sigma = marginals.variance.squeeze(-1).clamp_min(1e-12).sqrt().reshape(-1, q)
         # Conditioning values in the network's standardised space.
@@ -724,9 +810,14 @@ class MultivariatePFNModel(PFNModel):
             net = self._network()
             # (an ensemble's held cache encodes the transformed contexts: not reusable)
             reuse = self._caching and self.ensemble_size == 1
-            base = self._cached_context(net, ctx_X, ctx_Y) if reuse else None
+            base = self._cached_context(net, ctx_X, ctx_Y, ctx.Yvar) if reuse else None
+            extra_Y = cond_Y.unsqueeze(-1)  # `b x q x 1 x 1`
+            extra_Yvar = None
+            if ctx.Yvar is not None:  # the conditioning rows: the typical known noise
+                extra_Yvar = self._typical_Yvar(ctx.Yvar, extra_Y)
             cache = net.extend_context(
-                ctx_X, ctx_Y, X_t.unsqueeze(-2), cond_Y.unsqueeze(-1), base_cache=base
+                ctx_X, ctx_Y, X_t.unsqueeze(-2), extra_Y, base_cache=base,
+                ctx_Yvar=ctx.Yvar, extra_Yvar=extra_Yvar,
             )  # batch `b x q`: context i holds the n rows plus (x_i, c_i)
             logits = net.predict(X_t.unsqueeze(-3), cache).to(X)  # `b x q x q x B`
         cond = BoundedRiemannPosterior(

@@ -47,6 +47,8 @@ def random_pfn(
                     # moderate scales (the initial ones reach 3e4): keeps float32
                     # round-off in gradients at the level tests compare
                     layer.metric_proj.bias.normal_(1.0, 1.0)
+            if net.noise_hint:  # known noise changes the prediction visibly
+                net.noise_encoder.weight.normal_(0.0, 0.5)
             if net.gaussian_head:  # a visible, input-dependent Gaussian component
                 net.gauss_head.weight.normal_(0.0, 0.1)
                 net.gauss_head.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))

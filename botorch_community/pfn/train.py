@@ -93,6 +93,9 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     # learning-rate multiplier of the parameters a warm start adds (metric attention,
     # Gaussian head): they start switched off and must move far in a short fine-tune
     grown_lr_mult=1.0,
+    # networks with ``noise_hint``: share of datasets whose noise variance is revealed to
+    # the network (the rest train the unknown-noise predictive, as without hints)
+    noise_hint_prob=0.0,
     missing_prob=0.2,  # share of datasets with missing (NaN) context targets
     missing_share=0.5,  # in those, each target is missing w.p. U(0, missing_share)
     border_samples=500_000,
@@ -245,6 +248,23 @@ class PriorSampler:
         data = (train_X, (train_Y - mean) / std, test_X, (test_Y - mean) / std)
         return data, (mean, std), batch
 
+    def noise_hints(self, step: int, batch, std: Tensor, n: int, prob: Optional[float] = None) -> Tensor:
+        r"""Known-noise hints of a batch (``noise_hint`` networks): each dataset's noise
+        variance in standardised units (`noise_var / std^2`) on all its `n` context rows
+        with probability `prob` (default ``train.noise_hint_prob``), else NaN (unknown).
+        Drawn from their own stream, so the data of a step do not depend on it.
+
+        Returns:
+            `b x n x 1`.
+        """
+        p = self.t.get("noise_hint_prob", 0.0) if prob is None else prob
+        var = batch.hypers.noise_var.view(-1, 1, 1).to(std) / std.square()  # `b x 1 x 1`
+        b = var.shape[0]
+        self.dev_g.manual_seed(_step_seed(self.t["seed"], step, 3) + 1 + self.rank)
+        known = torch.rand(b, 1, 1, generator=self.dev_g, device=self.dev_g.device) < p
+        hint = torch.where(known, var, torch.full_like(var, float("nan")))
+        return hint.expand(b, n, 1)
+
 
 def fit_borders(sampler: PriorSampler, num_buckets: int, num_samples: int) -> Tensor:
     r"""Bucket borders from standardised prior test targets (stream 1 of the seed)."""
@@ -274,20 +294,27 @@ class EvalSet:
             mu, var = (mu - mean.double()) / std.double(), var / std.double() ** 2
             y = sy.double()
             oracle = 0.5 * (math.log(2 * math.pi) + var.log() + (y - mu) ** 2 / var)
-            self.items.append((n, tx, ty, sx, sy, float(oracle.mean())))
+            hint = sampler.noise_hints(j, batch, std, n, prob=1.0)  # all known
+            self.items.append((n, tx, ty, sx, sy, float(oracle.mean()), hint))
 
     @torch.no_grad()
     def evaluate(self, net: PFNTransformer) -> dict[str, Any]:
         was = net.training
         net.eval()
         out = {}
-        for n, tx, ty, sx, sy, oracle in self.items:
+        for n, tx, ty, sx, sy, oracle, hint in self.items:
             logits = net(tx, ty, sx)
             nll = float(bar_nll(logits.float(), sy, net.borders).mean())
             out[str(n)] = {"nll": round(nll, 4), "oracle": round(oracle, 4)}
+            if net.noise_hint:  # the same datasets with their noise revealed
+                logits = net(tx, ty, sx, train_Yvar=hint)
+                out[str(n)]["nll_hinted"] = round(float(bar_nll(logits.float(), sy, net.borders).mean()), 4)
         net.train(was)
-        out["mean_nll"] = round(sum(v["nll"] for v in out.values()) / len(self.items), 4)
-        out["mean_oracle"] = round(sum(v["oracle"] for k, v in out.items() if k != "mean_nll") / len(self.items), 4)
+        cells = [out[str(item[0])] for item in self.items]
+        out["mean_nll"] = round(sum(v["nll"] for v in cells) / len(cells), 4)
+        out["mean_oracle"] = round(sum(v["oracle"] for v in cells) / len(cells), 4)
+        if net.noise_hint:
+            out["mean_nll_hinted"] = round(sum(v["nll_hinted"] for v in cells) / len(cells), 4)
         return out
 
 
@@ -340,12 +367,12 @@ def load_checkpoint(out: Path, device: torch.device):
 
 # -------------------------------------------------------------------------- training
 #: Architecture options a warm start may switch on in a network that lacks them.
-GROWABLE = ("metric_attention", "gaussian_head")
+GROWABLE = ("metric_attention", "gaussian_head", "noise_hint")
 
 
 def is_grown_parameter(name: str) -> bool:
     r"""Whether a parameter belongs to a part a warm start can add (see ``GROWABLE``)."""
-    return ".metric_" in name or name.startswith("gauss_head")
+    return ".metric_" in name or name.startswith(("gauss_head", "noise_encoder"))
 
 
 def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.device) -> PFNTransformer:
@@ -562,7 +589,8 @@ def train(
         rec = {"step": 0, "eval": evalset.evaluate(net)}
         log(rec)
         print(f"[train] step 0 eval {rec['eval']['mean_nll']:.4f} (oracle "
-              f"{rec['eval']['mean_oracle']:.4f})", flush=True)  # fmt: skip
+              f"{rec['eval']['mean_oracle']:.4f}, hinted "
+              f"{rec['eval'].get('mean_nll_hinted', float('nan')):.4f})", flush=True)  # fmt: skip
 
     while state["total_steps"] is None or step < state["total_steps"]:
         if stop_at_step is not None and step >= stop_at_step:
@@ -574,9 +602,12 @@ def train(
         lr = lr_at(step, state["total_steps"], t)
         for grp in opt.param_groups:
             grp["lr"] = lr * grp.get("lr_mult", 1.0)
-        (tx, ty, sx, sy), _, _ = sampler.sample(step)
+        (tx, ty, sx, sy), (_, std), batch = sampler.sample(step)
+        hint = None
+        if net.noise_hint and t.get("noise_hint_prob", 0.0) > 0:
+            hint = sampler.noise_hints(step, batch, std, tx.shape[-2])
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(tx, ty, sx)
+            logits = model(tx, ty, sx, train_Yvar=hint)
         loss = bar_nll(logits.float(), sy, net.borders).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -630,6 +661,8 @@ def train(
             pbar.set_postfix(loss=f"{last_loss:.4f}", ds_s=f"{ds_s:.0f}", lr=f"{lr:.2e}")
             if is_main and not interactive:
                 ev = f" eval {rec['eval']['mean_nll']:.4f} (oracle {rec['eval']['mean_oracle']:.4f})" if "eval" in rec else ""
+                if "mean_nll_hinted" in rec.get("eval", {}):
+                    ev += f" hinted {rec['eval']['mean_nll_hinted']:.4f}"
                 pbar.write(f"step {step}/{state['total_steps']} loss {last_loss:.4f} lr {lr:.2e} "
                            f"{ds_s:.0f} datasets/s{ev}")  # fmt: skip
         due = (t["checkpoint_every"] and step % t["checkpoint_every"] == 0) or (

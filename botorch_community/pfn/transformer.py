@@ -46,6 +46,13 @@ def default_borders(num_buckets: int, bound: float = 6.0) -> Tensor:
 #: Temperature of the soft minimum in :meth:`PFNLayer.metric_bias` (in units of the
 #: scaled squared distance, before the gate).
 METRIC_SOFTMIN_TEMPERATURE = 0.01
+#: Noise hints (``noise_hint``): smaller known variances of the standardised targets
+#: count as this one (the smallest noise the GP prior draws, relative to its outputscale;
+#: a noise-free objective is passed as 0), and the log-variance feature is
+#: `(log v - NOISE_HINT_LOG_CENTER) / NOISE_HINT_LOG_SCALE` (about -1.7 .. 1.7).
+NOISE_HINT_MIN_VAR = 1e-6
+NOISE_HINT_LOG_CENTER = -7.0
+NOISE_HINT_LOG_SCALE = 4.0
 
 
 class PFNLayer(nn.Module):
@@ -222,6 +229,7 @@ class PFNTransformer(nn.Module):
         max_context: Optional[int] = None,
         metric_attention: bool = False,
         gaussian_head: bool = False,
+        noise_hint: bool = False,
     ) -> None:
         r"""
         Args:
@@ -251,6 +259,12 @@ class PFNTransformer(nn.Module):
                 noise-free predictions can be sharp. The result is still a bar
                 distribution over the same buckets. It starts with mixing weight
                 `sigmoid(-6)`, so a plain network's weights are a near-exact warm start.
+            noise_hint: Accept the observation-noise variances of the training rows
+                when they are known (`train_Yvar` of :meth:`forward`,
+                :meth:`encode_context`, :meth:`extend_context`), embedded by
+                :meth:`encode_noise` and added to the rows' tokens. Rows whose noise is
+                unknown (None or NaN) get nothing added, so the network also predicts
+                without the hint. Starts at zero (an exact warm start).
         """
         super().__init__()
         if borders is None:
@@ -276,6 +290,9 @@ class PFNTransformer(nn.Module):
             self.config["metric_attention"] = True
         if gaussian_head:
             self.config["gaussian_head"] = True
+        if noise_hint:
+            self.config["noise_hint"] = True
+        self.noise_hint = bool(noise_hint)
         self.metric_attention = bool(metric_attention)
         self.gaussian_head = bool(gaussian_head)
         self.num_features = num_features
@@ -287,6 +304,10 @@ class PFNTransformer(nn.Module):
         # Learned embedding added in place of the y-encoding for a missing target
         # (pending points enter the context this way).
         self.nan_y_embedding = nn.Parameter(torch.zeros(emsize))
+        if noise_hint:
+            # No bias: a row with unknown noise (features 0) gets exactly nothing added.
+            self.noise_encoder = nn.Linear(2, emsize, bias=False)
+            nn.init.zeros_(self.noise_encoder.weight)
         # A learned token always present in the context (also makes n = 0 valid).
         self.context_token = nn.Parameter(torch.randn(emsize) * 0.02)
         self.layers = nn.ModuleList(
@@ -376,12 +397,51 @@ class PFNTransformer(nn.Module):
         # Padding with zeros is the same as using only the first d weight columns.
         return F.linear(X, self.x_encoder.weight[:, :d], self.x_encoder.bias)
 
-    def encode_train(self, train_X: Tensor, train_Y: Tensor) -> Tensor:
+    def encode_noise(self, train_Yvar: Tensor) -> Tensor:
+        r"""Embedding of known observation-noise variances (see ``noise_hint``).
+
+        The features of a row are `(1, (log max(v, v_min) - c) / s)` for a known
+        variance `v` of the standardised target and `(0, 0)` for an unknown one (NaN),
+        through a bias-free linear map, so unknown rows get exactly zero. `v_min` is
+        :data:`NOISE_HINT_MIN_VAR`, the smallest variance the training prior draws
+        (a noise-free objective is passed as `v = 0`).
+
+        Args:
+            train_Yvar: `batch_shape x n x 1` noise variances in standardised units.
+
+        Returns:
+            `batch_shape x n x emsize`.
+        """
+        known = ~torch.isnan(train_Yvar)
+        v = torch.nan_to_num(train_Yvar, nan=1.0).clamp_min(NOISE_HINT_MIN_VAR)
+        log_v = (v.log() - NOISE_HINT_LOG_CENTER) / NOISE_HINT_LOG_SCALE
+        feats = torch.cat([known.to(v.dtype), torch.where(known, log_v, 0.0)], dim=-1)
+        return F.linear(feats, self.noise_encoder.weight)
+
+    def _check_noise(self, train_Yvar: Optional[Tensor], train_Y: Tensor) -> None:
+        if train_Yvar is None:
+            return
+        if not self.noise_hint:
+            raise ValueError(
+                "This network was not trained with noise hints (noise_hint=False); "
+                "do not pass train_Yvar to it."
+            )
+        if train_Yvar.shape != train_Y.shape:
+            raise ValueError(
+                f"train_Yvar must have the shape of train_Y {tuple(train_Y.shape)}, got "
+                f"{tuple(train_Yvar.shape)}."
+            )
+
+    def encode_train(
+        self, train_X: Tensor, train_Y: Tensor, train_Yvar: Optional[Tensor] = None
+    ) -> Tensor:
         r"""Training tokens, with the context token prepended.
 
         Args:
             train_X: `batch_shape x n x d`.
             train_Y: `batch_shape x n x 1`; NaN marks a missing target (pending point).
+            train_Yvar: `batch_shape x n x 1` known noise variances of the standardised
+                targets (NaN: unknown), for networks with ``noise_hint``.
 
         Returns:
             `batch_shape x (n + 1) x emsize`.
@@ -392,6 +452,9 @@ class PFNTransformer(nn.Module):
         y_enc = self.y_encoder(torch.nan_to_num(train_Y, nan=0.0))
         y_enc = torch.where(missing, self.nan_y_embedding, y_enc)
         tokens = self.encode_x(train_X) + y_enc
+        self._check_noise(train_Yvar, train_Y)
+        if train_Yvar is not None:
+            tokens = tokens + self.encode_noise(train_Yvar)
         ctx = self.context_token.expand(*tokens.shape[:-2], 1, -1)
         return torch.cat([ctx, tokens], dim=-2)
 
@@ -420,6 +483,7 @@ class PFNTransformer(nn.Module):
         train_Y: Tensor,
         test_X: Tensor,
         kv_cache: Optional[KVCache] = None,
+        train_Yvar: Optional[Tensor] = None,
     ) -> Tensor:
         r"""Logits of the predictive bar distribution at `test_X`.
 
@@ -431,6 +495,9 @@ class PFNTransformer(nn.Module):
             train_Y: `b x n x 1` (ignored when `kv_cache` is given; may be None then).
             test_X: `b x m x d` (any batch shape with `kv_cache`).
             kv_cache: An encoded context from :meth:`encode_context`.
+            train_Yvar: `b x n x 1` known noise variances of the standardised targets
+                (NaN: unknown), for networks with ``noise_hint`` (see
+                :meth:`encode_noise`; ignored when `kv_cache` is given).
 
         Returns:
             `b x m x num_buckets` logits.
@@ -438,12 +505,14 @@ class PFNTransformer(nn.Module):
         if kv_cache is not None:
             return self.predict(test_X, kv_cache)
         train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
+        if train_Yvar is not None:
+            (train_Yvar,) = self._cast(train_Yvar)
         if train_X.shape[:-2] != test_X.shape[:-2]:
             raise ValueError(
                 "The reference path needs train and test batch shapes to match, got "
                 f"{tuple(train_X.shape[:-2])} and {tuple(test_X.shape[:-2])}."
             )
-        ctx = self.encode_train(train_X, train_Y)  # `b x (n+1) x e`
+        ctx = self.encode_train(train_X, train_Y, train_Yvar)  # `b x (n+1) x e`
         n_ctx = ctx.shape[-2]
         h = torch.cat([ctx, self.encode_x(test_X)], dim=-2)  # `b x (n+1+m) x e`
         batch_shape = h.shape[:-2]
@@ -520,7 +589,11 @@ class PFNTransformer(nn.Module):
 
     @torch.no_grad()
     def encode_context(
-        self, train_X: Tensor, train_Y: Tensor, fingerprint: Any = None
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        fingerprint: Any = None,
+        train_Yvar: Optional[Tensor] = None,
     ) -> KVCache:
         r"""Run the training context through the network once.
 
@@ -531,12 +604,16 @@ class PFNTransformer(nn.Module):
             train_X: `batch_shape x n x d` (`batch_shape` may be empty).
             train_Y: `batch_shape x n x 1`; NaN marks a missing target.
             fingerprint: Opaque key stored on the cache for the owner's staleness check.
+            train_Yvar: `batch_shape x n x 1` known noise variances (NaN: unknown), for
+                networks with ``noise_hint``.
 
         Returns:
             A :class:`KVCache` with per-layer keys/values of the `n + 1` context tokens.
         """
         train_X, train_Y = self._cast(train_X, train_Y)
-        h = self.encode_train(train_X, train_Y)  # `batch x (n+1) x e`
+        if train_Yvar is not None:
+            (train_Yvar,) = self._cast(train_Yvar)
+        h = self.encode_train(train_X, train_Y, train_Yvar)  # `batch x (n+1) x e`
         batch_shape = h.shape[:-2]
         h = h.reshape(-1, *h.shape[-2:])
         tX = train_X.reshape(h.shape[0], *train_X.shape[-2:])
@@ -565,6 +642,8 @@ class PFNTransformer(nn.Module):
         extra_X: Tensor,
         extra_Y: Tensor,
         base_cache: Optional[KVCache] = None,
+        ctx_Yvar: Optional[Tensor] = None,
+        extra_Yvar: Optional[Tensor] = None,
     ) -> KVCache:
         r"""Encode a batch of contexts, each the shared rows plus its own extra rows.
 
@@ -580,15 +659,25 @@ class PFNTransformer(nn.Module):
             ctx_Y: `n x 1` shared standardised targets.
             extra_X: `batch_shape x k x d` extra inputs.
             extra_Y: `batch_shape x k x 1` extra standardised targets.
-            base_cache: The cache of `ctx_X, ctx_Y` from :meth:`encode_context`.
+            base_cache: The cache of `ctx_X, ctx_Y` (and `ctx_Yvar`) from
+                :meth:`encode_context`.
+            ctx_Yvar: `n x 1` known noise variances of the shared rows (NaN: unknown),
+                for networks with ``noise_hint``.
+            extra_Yvar: `batch_shape x k x 1` known noise variances of the extra rows.
 
         Returns:
             A :class:`KVCache` with batch shape `batch_shape` and `n + k` rows.
         """
         ctx_X, ctx_Y, extra_X, extra_Y = self._cast(ctx_X, ctx_Y, extra_X, extra_Y)
+        if ctx_Yvar is not None:
+            (ctx_Yvar,) = self._cast(ctx_Yvar)
         batch_shape, k = extra_X.shape[:-2], extra_X.shape[-2]
-        h_shared = self.encode_train(ctx_X, ctx_Y)  # `(n+1) x e`
+        h_shared = self.encode_train(ctx_X, ctx_Y, ctx_Yvar)  # `(n+1) x e`
         y_enc = self.y_encoder(extra_Y)
+        self._check_noise(extra_Yvar, extra_Y)
+        if extra_Yvar is not None:
+            (extra_Yvar,) = self._cast(extra_Yvar)
+            y_enc = y_enc + self.encode_noise(extra_Yvar)
         h_extra = (self.encode_x(extra_X) + y_enc).reshape(-1, k, h_shared.shape[-1])
         Bf = h_extra.shape[0]
         h = torch.cat([h_shared.expand(Bf, -1, -1), h_extra], dim=-2)  # `Bf x (n+1+k) x e`
