@@ -29,12 +29,6 @@ from botorch.acquisition.objective import (
 from botorch.exceptions.errors import UnsupportedError
 from botorch.models.model import Model
 from botorch.models.transforms.input import InputTransform
-from botorch.models.transforms.outcome import (
-    Bilog,
-    ChainedOutcomeTransform,
-    Log,
-    OutcomeTransform,
-)
 from gpytorch.likelihoods.gaussian_likelihood import FixedNoiseGaussianLikelihood
 from torch import Tensor
 
@@ -116,7 +110,6 @@ class PFNModel(Model):
         cache_context: bool = True,
         network_dtype: Optional[torch.dtype] = None,
         ensemble_size: int = 1,
-        y_transform: Optional[OutcomeTransform] = None,
     ) -> None:
         r"""
         Args:
@@ -155,13 +148,6 @@ class PFNModel(Model):
                 network's mean test NLL on prior data improves by about 0.01 nats with
                 2 members and 0.02 with 4 (``benchmarks/quality_nll.py --ensemble``).
                 Capped at the number of distinct maps, `d! 2^d` (2 for `d = 1`).
-            y_transform: An increasing elementwise BoTorch outcome transform (``Bilog``,
-                ``Log`` for positive targets, or a chain of them) through
-                which the PFN sees the targets, for skewed objectives: the network
-                predicts `g(y)`, and the posterior is mapped back to the units of
-                `train_Y` by mapping each bucket's borders through `g^{-1}` (a bar
-                distribution again, uniform within each mapped bucket). `train_Yvar`
-                is mapped by the delta method, `g'(y)^2 Var`.
         """
         super().__init__()
         network = _as_network(model, checkpoint_url)
@@ -201,12 +187,6 @@ class PFNModel(Model):
         self.ensemble_size = min(ensemble_size, num_input_symmetries(d))
         # `E x d` maps of the members (member 0: the identity)
         self._symmetries = input_symmetries(d, self.ensemble_size)
-        self.y_transform = None
-        if y_transform is not None:
-            _check_y_transform(y_transform)
-            y_transform.eval()
-            self.y_transform = y_transform
-            self._transformed_targets()  # fail here on targets the transform cannot map
         self._kv_cache: Optional[KVCache] = None
         self._cache_depth = 0  # nesting level of `cache_training_context()`
         self.num_encodings = 0  # how many times a context was encoded (diagnostics)
@@ -345,19 +325,12 @@ class PFNModel(Model):
             train_X = self.train_X
             if hasattr(self, "input_transform"):
                 train_X = self.input_transform.preprocess_transform(train_X)
-            train_Y, train_Yvar = self.train_Y, self.train_Yvar
-            if self.y_transform is not None:
-                if negate_train_ys:
-                    raise UnsupportedError(
-                        "negate_train_ys is not supported together with a y_transform."
-                    )
-                train_Y, train_Yvar = self._transformed_targets()
-            train_Y = -train_Y if negate_train_ys else train_Y
+            train_Y = -self.train_Y if negate_train_ys else self.train_Y
             mean, std = context_moments(train_Y)
             ctx_Y = (train_Y - mean) / std
             ctx_Yvar = None
             if self.uses_noise_hint:
-                ctx_Yvar = train_Yvar.to(ctx_Y) / std.square()
+                ctx_Yvar = self.train_Yvar.to(ctx_Y) / std.square()
             if pending_X is not None:
                 pending_X = self._check_pending(pending_X)
                 if hasattr(self, "input_transform"):
@@ -368,36 +341,6 @@ class PFNModel(Model):
                 if ctx_Yvar is not None:
                     ctx_Yvar = torch.cat([ctx_Yvar, self._typical_Yvar(ctx_Yvar, nan)], dim=-2)
         return _Context(train_X, ctx_Y, ctx_Yvar, mean, std)
-
-    def _transformed_targets(self) -> tuple[Tensor, Optional[Tensor]]:
-        r"""`g(train_Y)` and `g'(train_Y)^2 train_Yvar` for the `y_transform` `g`."""
-        with torch.enable_grad():
-            Y = self.train_Y.detach().clone().requires_grad_(True)
-            Z = self.y_transform(Y)[0]
-            (dZ,) = torch.autograd.grad(Z.sum(), Y)  # elementwise: the derivative g'(y)
-        Z = Z.detach()
-        if not bool(torch.isfinite(Z).all()):
-            raise ValueError(
-                f"The y_transform {type(self.y_transform).__name__} maps some of train_Y to "
-                "NaN or inf (Log needs positive targets, Power non-negative ones). Use "
-                "Bilog, or shift the targets."
-            )
-        Yvar = None if self.train_Yvar is None else dZ.square() * self.train_Yvar
-        return Z, Yvar
-
-    def _untransform_borders(self, borders: Tensor) -> Tensor:
-        r"""Bucket borders `g^{-1}(b)` in the units of `train_Y` (`y_transform` `g`)."""
-        mapped = self.y_transform.untransform(borders.unsqueeze(-1))[0].squeeze(-1)
-        with torch.no_grad():
-            ok = bool(torch.isfinite(mapped).all() and (mapped[1:] > mapped[:-1]).all())
-        if not ok:
-            raise ValueError(
-                f"The inverse of the y_transform {type(self.y_transform).__name__} maps the "
-                "predictive's bucket borders to non-finite or non-increasing values (e.g. "
-                "exp overflows for Log, or float32 merges them); use float64 data or "
-                "Bilog."
-            )
-        return mapped
 
     @staticmethod
     def _typical_Yvar(ctx_Yvar: Tensor, like: Tensor) -> Tensor:
@@ -643,8 +586,6 @@ class PFNModel(Model):
         logits, mean, std = self.pfn_logits(X, pending_X, negate_train_ys)
         borders = self.borders.to(X) * std.squeeze() + mean.squeeze()
         _check_borders(borders, mean, std)
-        if self.y_transform is not None:
-            borders = self._untransform_borders(borders)
         posterior = BoundedRiemannPosterior(
             borders=borders, probabilities=logits.softmax(dim=-1)
         )
@@ -702,7 +643,6 @@ class PFNModel(Model):
             cache_context=self.cache_context,
             network_dtype=self._network_dtype,
             ensemble_size=self.ensemble_size,
-            y_transform=copy.deepcopy(self.y_transform),
         )
         return new
 
@@ -721,22 +661,6 @@ class _Context(NamedTuple):
     Yvar: Optional[Tensor]  # `n x 1` known noise variances, standardised (noise hints)
     mean: Tensor  # `1 x 1`
     std: Tensor  # `1 x 1`
-
-
-def _check_y_transform(tf: OutcomeTransform) -> None:
-    r"""Accept only increasing elementwise transforms (their inverse maps buckets to
-    buckets in order)."""
-    parts = list(tf.values()) if isinstance(tf, ChainedOutcomeTransform) else [tf]
-    for part in parts:
-        if not isinstance(part, (Bilog, Log)):
-            raise UnsupportedError(
-                f"y_transform {type(part).__name__} is not supported: PFNModel needs an "
-                "increasing elementwise transform whose inverse is increasing on the "
-                "whole real line, where the predictive's buckets lie (Bilog, Log, or a "
-                "ChainedOutcomeTransform of them; not Power, whose inverse folds "
-                "negative values). It standardises the targets itself, so Standardize "
-                "is not needed."
-            )
 
 
 def _equal_with_nan(a: Tensor, b: Tensor) -> bool:
@@ -877,14 +801,11 @@ class MultivariatePFNModel(PFNModel):
         batch_shape, q = X.shape[:-2], X.shape[-2]
         X_t = self.transform_inputs(X).reshape(-1, q, X.shape[-1])  # `b x q x d`
         ctx = self._context(pending_X, negate_train_ys)
-        ctx_X, ctx_Y = ctx.X, ctx.Y
-        # Moments in the network's standardised space (the bucket probabilities are the
-        # same in every space the borders are mapped to).
-        std_borders = self.borders.to(X)
-        marg = BoundedRiemannPosterior(borders=std_borders, probabilities=marginals.probabilities)
-        mu = marg.mean.squeeze(-1).reshape(-1, q)  # `b x q`
-        sigma = marg.variance.squeeze(-1).clamp_min(1e-12).sqrt().reshape(-1, q)
-        cond_Y = (mu + sigma).unsqueeze(-1)  # conditioning values, one std up
+        ctx_X, ctx_Y, mean, std = ctx.X, ctx.Y, ctx.mean, ctx.std
+        mu = marginals.mean.squeeze(-1).reshape(-1, q)  # `b x q`, user units
+        sigma = marginals.variance.squeeze(-1).clamp_min(1e-12).sqrt().reshape(-1, q)
+        # Conditioning values in the network's standardised space.
+        cond_Y = ((mu + sigma - mean.squeeze()) / std.squeeze()).unsqueeze(-1)
         with _eval_mode(self.pfn):
             net = self._network()
             # (an ensemble's held cache encodes the transformed contexts: not reusable)
@@ -899,7 +820,9 @@ class MultivariatePFNModel(PFNModel):
                 ctx_Yvar=ctx.Yvar, extra_Yvar=extra_Yvar,
             )  # batch `b x q`: context i holds the n rows plus (x_i, c_i)
             logits = net.predict(X_t.unsqueeze(-3), cache).to(X)  # `b x q x q x B`
-        cond = BoundedRiemannPosterior(borders=std_borders, probabilities=logits.softmax(dim=-1))
+        cond = BoundedRiemannPosterior(
+            borders=marginals.borders, probabilities=logits.softmax(dim=-1)
+        )
         cond_mean = cond.mean.squeeze(-1)  # `b x q(cond i) x q(eval j)`
         rho = (cond_mean - mu.unsqueeze(-2)) / sigma.unsqueeze(-2)  # rho[i, j]
         rho = 0.5 * (rho + rho.transpose(-1, -2))
