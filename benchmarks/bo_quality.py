@@ -10,8 +10,6 @@ Methods (all maximise the negated BoTorch test function, as BoTorch does):
 * ``pfn_logei_bilog``: ``pfn_logei`` on ``bilog(y) = sign(y) log(1 + |y|)`` instead of y
   (opt-in): a monotone squashing of skewed objectives before the PFN, in the spirit of
   PFNs4BO's power transform (EI is then taken in the transformed space);
-* ``pfn_logei_ytf``: ``PFNModel(..., y_transform=Bilog())`` (opt-in): the PFN on
-  ``bilog(y)``, its posterior mapped back to the units of y, where LogEI is taken;
 * ``pfn_logei_ens4``: ``PFNModel(..., ensemble_size=4)`` (opt-in);
 * ``gp``: ``SingleTaskGP`` (BoTorch defaults) fitted with ``fit_gpytorch_mll`` +
   ``qLogNoisyExpectedImprovement``;
@@ -57,7 +55,7 @@ PROBLEMS = {
     "rosenbrock4": ("Rosenbrock", {"dim": 4}),
 }
 METHODS = ["pfn_logei", "gp", "sobol"]
-ALL_METHODS = ["pfn_logei", "pfn_ei", "pfn_logei_bilog", "pfn_logei_ytf", "pfn_logei_ens4",
+ALL_METHODS = ["pfn_logei", "pfn_ei", "pfn_logei_bilog", "pfn_logei_ens4",
                "gp", "sobol"]
 
 
@@ -95,7 +93,7 @@ def run_one(problem_name: str, method: str, seed: int, args, network) -> dict:
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from botorch.models.transforms.input import Normalize
-    from botorch.models.transforms.outcome import Bilog, Standardize
+    from botorch.models.transforms.outcome import Standardize
     from botorch.optim import optimize_acqf
     from gpytorch.mlls import ExactMarginalLogLikelihood
     from torch.quasirandom import SobolEngine
@@ -129,8 +127,6 @@ def run_one(problem_name: str, method: str, seed: int, args, network) -> dict:
             if method.startswith("pfn"):
                 Yp = Y.sign() * torch.log1p(Y.abs()) if method.endswith("_bilog") else Y
                 kw = {}
-                if method == "pfn_logei_ytf":
-                    kw["y_transform"] = Bilog()
                 if method == "pfn_logei_ens4":
                     kw["ensemble_size"] = 4
                 model = PFNModel(Xu, Yp, model=network, **kw)
