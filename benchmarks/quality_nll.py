@@ -518,6 +518,9 @@ def markdown(out) -> str:
                  f"standardised y + log(context std): max |diff| {uc['max_abs_diff_nats']:.2e}"
                  " nats")
     L.append(f"- run time {out['elapsed_s']:.0f} s")
+    if out["args"].get("reuse_baselines"):
+        L.append(f"- oracle, Bayes and SingleTaskGP figures reused from "
+                 f"`{Path(out['args']['reuse_baselines']).name}` (same datasets, checked)")
     return "\n".join(L) + "\n"
 
 

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+r"""Ship a trained checkpoint as the package's default network (float16 weights), with the
+metadata of the current default extended by one training stage.
+
+Usage::
+
+    PYTHONPATH=$PWD .venv/bin/python tools/promote_default.py runs/stage4/metric/model \
+        --stage '{"stage": "fine-tune 4", "config": "configs/default_metric.json", ...}'
+
+The stage record gets the run's step count and training seconds (from the checkpoint's
+``train_state.json`` next to it) unless given; the totals are updated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from botorch_community.pfn.checkpoint import DEFAULT_WEIGHTS, load_pretrained, save_pretrained
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="stem of the checkpoint to ship (e.g. runs/x/model)")
+    p.add_argument("--stage", required=True, help="JSON record of the new training stage")
+    p.add_argument("--description", default=None, help="new metadata description")
+    args = p.parse_args()
+
+    old = load_pretrained(None)
+    meta = copy.deepcopy(old.checkpoint_metadata)
+    net = load_pretrained(args.checkpoint)
+    run_meta = net.checkpoint_metadata
+    stage = json.loads(args.stage)
+    state_path = Path(args.checkpoint).parent / "train_state.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        stage.setdefault("steps", state["step"])
+        stage.setdefault("train_seconds", round(state["train_seconds"], 1))
+        stage.setdefault("runs", state.get("runs", []))
+    training = meta.setdefault("training", {"steps": 0, "train_seconds": 0.0, "stages": []})
+    training["stages"].append(stage)
+    training["steps"] = training["steps"] + int(stage["steps"])
+    training["train_seconds"] = round(training["train_seconds"] + float(stage["train_seconds"]), 1)
+    meta["train"] = run_meta.get("train", meta.get("train"))
+    meta["prior"] = run_meta.get("prior", meta.get("prior"))
+    if args.description:
+        meta["description"] = args.description
+    save_pretrained(net, DEFAULT_WEIGHTS, dtype=torch.float16, metadata=meta)
+    back = load_pretrained(None)
+    print(f"shipped {args.checkpoint}: {training['steps']} steps, "
+          f"{training['train_seconds'] / 60:.1f} min of training, sha256 "
+          f"{json.loads(DEFAULT_WEIGHTS.with_suffix('.json').read_text())['sha256'][:12]}, "
+          f"config {back.config}")
+
+
+if __name__ == "__main__":
+    main()
