@@ -11,6 +11,9 @@ Methods (all maximise the negated BoTorch test function, as BoTorch does):
   (opt-in): a monotone squashing of skewed objectives before the PFN, in the spirit of
   PFNs4BO's power transform (EI is then taken in the transformed space);
 * ``pfn_logei_ens4``: ``PFNModel(..., ensemble_size=4)`` (opt-in);
+* ``pfn_logei_noisefree``: ``PFNModel(..., train_Yvar=0)`` (opt-in): tells the network the
+  objective is deterministic (the test problems are); only differs from ``pfn_logei`` with a
+  network trained with noise hints (``noise_hint=True``);
 * ``gp``: ``SingleTaskGP`` (BoTorch defaults) fitted with ``fit_gpytorch_mll`` +
   ``qLogNoisyExpectedImprovement``;
 * ``sobol``: scrambled Sobol points.
@@ -56,6 +59,7 @@ PROBLEMS = {
 }
 METHODS = ["pfn_logei", "gp", "sobol"]
 ALL_METHODS = ["pfn_logei", "pfn_ei", "pfn_logei_bilog", "pfn_logei_ens4",
+               "pfn_logei_noisefree",
                "gp", "sobol"]
 
 
@@ -129,6 +133,8 @@ def run_one(problem_name: str, method: str, seed: int, args, network) -> dict:
                 kw = {}
                 if method == "pfn_logei_ens4":
                     kw["ensemble_size"] = 4
+                if method == "pfn_logei_noisefree":
+                    kw["train_Yvar"] = torch.zeros_like(Yp)
                 model = PFNModel(Xu, Yp, model=network, **kw)
                 t_fit = time.perf_counter() - t0
                 cls = (DiscretizedExpectedImprovement if method == "pfn_ei"

@@ -46,6 +46,7 @@ hyperparameter samples and the prior agree, and that the regenerated test target
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -77,6 +78,11 @@ def parse_args():
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a loaded 2-core machine)")
     p.add_argument("--no-stgp", action="store_true", help="skip the SingleTaskGP")
+    p.add_argument("--known-noise", action="store_true",
+                   help="every method is told each dataset's true noise variance: the PFN "
+                        "via train_Yvar (networks with noise hints; others ignore it), "
+                        "Bayes by SNIS over the other hyperparameters, SingleTaskGP with "
+                        "fixed noise")
     p.add_argument("--ensemble", type=int, default=1,
                    help="PFNModel(ensemble_size=E): average over E input symmetries")
     p.add_argument("--reuse-baselines", default=None, metavar="JSON",
@@ -202,8 +208,8 @@ def gauss_nll(mu, var, y):
 def load_baselines(args, prior: dict, cells) -> dict:
     r"""Per-cell records of an earlier run on the same datasets (``--reuse-baselines``)."""
     old = json.loads(Path(args.reuse_baselines).read_text())
-    for key in ("seed", "datasets", "test_points", "samples"):
-        if old["args"][key] != getattr(args, key):
+    for key in ("seed", "datasets", "test_points", "samples", "known_noise"):
+        if old["args"].get(key, False) != getattr(args, key):
             raise SystemExit(f"--reuse-baselines: {key} differs ({old['args'][key]} there, "
                              f"{getattr(args, key)} here).")
     if old["prior"] != json.loads(json.dumps(prior)):
@@ -302,7 +308,11 @@ def main() -> None:
             chunk = max(50, int(4e6 // max(1, n * (n + M))))
             bayes, ess = torch.empty(K, M, dtype=torch.float64), []
             for i in range(K):
-                lp, e = bayes_predictive(groups, tX[i], tY[i, :, 0], sX[i], sY[i, :, 0], chunk)
+                g_i = groups
+                if args.known_noise:  # the draws' noise replaced by the true one
+                    g_i = [dataclasses.replace(h, noise_var=torch.full_like(h.noise_var, float(noise[i])))
+                           for h in groups]
+                lp, e = bayes_predictive(g_i, tX[i], tY[i, :, 0], sX[i], sY[i, :, 0], chunk)
                 bayes[i] = -lp
                 ess.append(e)
         timing["bayes_s"] = time.time() - t0
@@ -313,7 +323,9 @@ def main() -> None:
         cov_pfn = {50: [], 90: []}
         with torch.no_grad():
             for i in range(K):
-                model = PFNModel(tX[i], tY[i], model=net, ensemble_size=args.ensemble)
+                Yvar = torch.full_like(tY[i], float(noise[i])) if args.known_noise else None
+                model = PFNModel(tX[i], tY[i], model=net, ensemble_size=args.ensemble,
+                                 train_Yvar=Yvar)
                 post = model.posterior(sX[i])
                 y = sY[i, :, 0].to(post.dtype)
                 lp = post.log_prob(y)
@@ -331,8 +343,11 @@ def main() -> None:
                 if units_check is None and n >= 2 and model.ensemble_size == 1:
                     # -log_prob in user units == bar NLL of standardised y + log std
                     mean, std = context_moments(tY[i:i + 1].float())
+                    hint = None
+                    if Yvar is not None and net.noise_hint:
+                        hint = (Yvar[None] / std.square()).float()
                     logits = net(tX[i:i + 1].float(), ((tY[i:i + 1] - mean) / std).float(),
-                                 sX[i:i + 1].float())
+                                 sX[i:i + 1].float(), train_Yvar=hint)
                     ref = bar_nll(logits.float(), ((sY[i:i + 1] - mean) / std).float(),
                                   net.borders)[0] + std.log().view(())
                     units_check = {
@@ -357,7 +372,8 @@ def main() -> None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     for i in range(K):
-                        gp = SingleTaskGP(tX[i], tY[i])
+                        Yvar = torch.full_like(tY[i], float(noise[i])) if args.known_noise else None
+                        gp = SingleTaskGP(tX[i], tY[i], train_Yvar=Yvar)
                         fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
                         with torch.no_grad():
                             p = gp.posterior(sX[i], observation_noise=True)
@@ -408,7 +424,7 @@ def main() -> None:
     out = {
         "benchmark": "quality_nll", "checkpoint": ckpt, "checkpoint_sha256": ckpt_sha,
         "checkpoint_step": meta.get("step", (meta.get("training") or {}).get("steps")), "prior_source": prior_src, "prior": prior.to_dict(),
-        "ensemble_size": args.ensemble,
+        "ensemble_size": args.ensemble, "noise_hint": bool(net.noise_hint),
         "args": vars(args), "skipped_dims": skipped_dims, "units_check": units_check,
         "noise_free_below": NOISE_FREE_BELOW, "low_ess": LOW_ESS,
         "elapsed_s": elapsed, "machine": C.machine_info("cpu"),
@@ -462,7 +478,10 @@ def markdown(out) -> str:
         f"### PFN predictive quality on held-out prior datasets ({Path(out['checkpoint']).name}"
         f", step {out['checkpoint_step']}, sha256 {str(out.get('checkpoint_sha256'))[:12]}"
         + (f", ensemble of {out['ensemble_size']} input symmetries"
-           if out.get("ensemble_size", 1) > 1 else "") + ")", "",
+           if out.get("ensemble_size", 1) > 1 else "")
+        + (", every method told the true noise variance"
+           + ("" if out.get("noise_hint") else " (this network takes no noise hints: "
+              "the PFN ignores it)") if out["args"].get("known_noise") else "") + ")", "",
         f"Mean NLL per test point of the raw y (nats; lower is better), {a['datasets']} "
         f"datasets x {a['test_points']} test points per cell; Bayes = SNIS over "
         f"{a['samples']} prior hyperparameter draws; ± = standard error over datasets "
