@@ -733,11 +733,10 @@ class MultivariatePFNModel(PFNModel):
     r"""A PFN model with a joint (Gaussian-copula) posterior over the `q` points.
 
     Marginals come from the cached context (averaged over the ensemble when
-    `ensemble_size > 1`; the correlations always come from the untransformed inputs).
-    Correlations come from a conditional
-    forward pass: for each `x_i`, the context is extended by `(x_i, c_i)` with
-    `c_i = mu_i + sigma_i` (one marginal standard deviation up) and the shift of every
-    other point's predictive mean is read off. For a Gaussian joint,
+    `ensemble_size > 1`). Correlations come from a conditional forward pass on the
+    untransformed inputs (never the ensemble's maps): for each `x_i`, the context is
+    extended by `(x_i, c_i)` with `c_i = mu_i + sigma_i` (one marginal standard deviation
+    up) and the shift of every other point's predictive mean is read off. For a Gaussian joint,
 
     .. math::
 

@@ -412,6 +412,7 @@ class PFNTransformer(nn.Module):
         Returns:
             `batch_shape x n x emsize`.
         """
+        train_Yvar = train_Yvar.to(self.noise_encoder.weight)  # the network's device/dtype
         known = ~torch.isnan(train_Yvar)
         v = torch.nan_to_num(train_Yvar, nan=1.0).clamp_min(NOISE_HINT_MIN_VAR)
         log_v = (v.log() - NOISE_HINT_LOG_CENTER) / NOISE_HINT_LOG_SCALE
@@ -505,8 +506,6 @@ class PFNTransformer(nn.Module):
         if kv_cache is not None:
             return self.predict(test_X, kv_cache)
         train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
-        if train_Yvar is not None:
-            (train_Yvar,) = self._cast(train_Yvar)
         if train_X.shape[:-2] != test_X.shape[:-2]:
             raise ValueError(
                 "The reference path needs train and test batch shapes to match, got "
@@ -611,8 +610,6 @@ class PFNTransformer(nn.Module):
             A :class:`KVCache` with per-layer keys/values of the `n + 1` context tokens.
         """
         train_X, train_Y = self._cast(train_X, train_Y)
-        if train_Yvar is not None:
-            (train_Yvar,) = self._cast(train_Yvar)
         h = self.encode_train(train_X, train_Y, train_Yvar)  # `batch x (n+1) x e`
         batch_shape = h.shape[:-2]
         h = h.reshape(-1, *h.shape[-2:])
@@ -669,14 +666,11 @@ class PFNTransformer(nn.Module):
             A :class:`KVCache` with batch shape `batch_shape` and `n + k` rows.
         """
         ctx_X, ctx_Y, extra_X, extra_Y = self._cast(ctx_X, ctx_Y, extra_X, extra_Y)
-        if ctx_Yvar is not None:
-            (ctx_Yvar,) = self._cast(ctx_Yvar)
         batch_shape, k = extra_X.shape[:-2], extra_X.shape[-2]
         h_shared = self.encode_train(ctx_X, ctx_Y, ctx_Yvar)  # `(n+1) x e`
         y_enc = self.y_encoder(extra_Y)
         self._check_noise(extra_Yvar, extra_Y)
         if extra_Yvar is not None:
-            (extra_Yvar,) = self._cast(extra_Yvar)
             y_enc = y_enc + self.encode_noise(extra_Yvar)
         h_extra = (self.encode_x(extra_X) + y_enc).reshape(-1, k, h_shared.shape[-1])
         Bf = h_extra.shape[0]
