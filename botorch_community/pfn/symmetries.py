@@ -59,7 +59,9 @@ def input_symmetries(d: int, num: int) -> tuple[Tensor, Tensor]:
             f"num must be between 1 and {total} (the number of distinct input maps for "
             f"d={d}), got {num}."
         )
-    if total <= 4096:  # small d: enumerate, then take a random subset
+    if num == 1:  # the identity alone (every plain model asks for this)
+        chosen = [(tuple(range(d)), (False,) * d)]
+    elif total <= 4096:  # small d: enumerate, then take a random subset
         maps = [
             (perm, flips)
             for perm in itertools.permutations(range(d))
