@@ -433,10 +433,10 @@ class PFNTransformer(nn.Module):
                 f"{tuple(train_Yvar.shape)}."
             )
 
-    def encode_train(
+    def encode_rows(
         self, train_X: Tensor, train_Y: Tensor, train_Yvar: Optional[Tensor] = None
     ) -> Tensor:
-        r"""Training tokens, with the context token prepended.
+        r"""Tokens of context rows `(x, y)` (without the context token).
 
         Args:
             train_X: `batch_shape x n x d`.
@@ -445,7 +445,7 @@ class PFNTransformer(nn.Module):
                 targets (NaN: unknown), for networks with ``noise_hint``.
 
         Returns:
-            `batch_shape x (n + 1) x emsize`.
+            `batch_shape x n x emsize`.
         """
         if train_Y.shape[-1] != 1:
             raise ValueError(f"train_Y must end in a 1-dim output, got {tuple(train_Y.shape)}.")
@@ -456,6 +456,17 @@ class PFNTransformer(nn.Module):
         self._check_noise(train_Yvar, train_Y)
         if train_Yvar is not None:
             tokens = tokens + self.encode_noise(train_Yvar)
+        return tokens
+
+    def encode_train(
+        self, train_X: Tensor, train_Y: Tensor, train_Yvar: Optional[Tensor] = None
+    ) -> Tensor:
+        r"""Training tokens (:meth:`encode_rows`), with the context token prepended.
+
+        Returns:
+            `batch_shape x (n + 1) x emsize`.
+        """
+        tokens = self.encode_rows(train_X, train_Y, train_Yvar)
         ctx = self.context_token.expand(*tokens.shape[:-2], 1, -1)
         return torch.cat([ctx, tokens], dim=-2)
 
@@ -668,11 +679,8 @@ class PFNTransformer(nn.Module):
         ctx_X, ctx_Y, extra_X, extra_Y = self._cast(ctx_X, ctx_Y, extra_X, extra_Y)
         batch_shape, k = extra_X.shape[:-2], extra_X.shape[-2]
         h_shared = self.encode_train(ctx_X, ctx_Y, ctx_Yvar)  # `(n+1) x e`
-        y_enc = self.y_encoder(extra_Y)
-        self._check_noise(extra_Yvar, extra_Y)
-        if extra_Yvar is not None:
-            y_enc = y_enc + self.encode_noise(extra_Yvar)
-        h_extra = (self.encode_x(extra_X) + y_enc).reshape(-1, k, h_shared.shape[-1])
+        h_extra = self.encode_rows(extra_X, extra_Y, extra_Yvar)
+        h_extra = h_extra.reshape(-1, k, h_shared.shape[-1])  # `Bf x k x e`
         Bf = h_extra.shape[0]
         h = torch.cat([h_shared.expand(Bf, -1, -1), h_extra], dim=-2)  # `Bf x (n+1+k) x e`
         all_X, sqdist = None, None
