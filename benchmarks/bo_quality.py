@@ -179,6 +179,9 @@ def main() -> None:
     p.add_argument("--raw-samples", type=int, default=256)
     p.add_argument("--network", default="default", choices=["default", "random"],
                    help="random: smoke test only (an untrained network is no surrogate)")
+    p.add_argument("--checkpoint", default=None,
+                   help="with --network default: a checkpoint written by the training "
+                        "command to use instead of the shipped weights (a candidate)")
     p.add_argument("--results", default=None, help="JSONL file (default: <out>.jsonl)")
     p.add_argument("--shard", default="0/1", help="i/k: run every k-th pending run")
     p.add_argument("--report-only", action="store_true")
@@ -202,7 +205,7 @@ def main() -> None:
                 from botorch_community.pfn import load_pretrained
 
                 try:
-                    network = load_pretrained(device=args.device)
+                    network = load_pretrained(args.checkpoint, device=args.device)
                 except FileNotFoundError as e:
                     raise SystemExit(f"The shipped default network is not available: {e}\n"
                                      "Run without the pfn methods (--methods gp sobol) or "
@@ -223,6 +226,11 @@ def main() -> None:
             rec = run_one(pr, m, s, args, network)
             rec["network"] = (getattr(network, "config", None) if m.startswith("pfn") else None)
             rec["network_kind"] = args.network if m.startswith("pfn") else None
+            if m.startswith("pfn") and args.network == "default":
+                from botorch_community.pfn.checkpoint import read_checkpoint_config
+
+                rec["network_sha256"] = read_checkpoint_config(args.checkpoint).get("sha256")
+                rec["checkpoint"] = args.checkpoint
             rec["device"] = args.device
             _append(res_path, rec)
     report(res_path, stem, args)
