@@ -133,3 +133,25 @@ def test_config_roundtrip_and_validation():
         GPPriorConfig(num_features=3, max_dim=4)
     b = sample_gp_prior(3, 20, cfg, dim=5, generator=_gen(0))  # clustered inputs
     assert float(b.X.min()) >= 0 and float(b.X.max()) <= 1
+
+
+def test_local_x_exact_rows_repeat_inputs():
+    # every row moved, all exactly onto a source row: inputs repeat, and a repeated
+    # input's targets differ by observation noise only
+    cfg = GPPriorConfig(
+        num_features=3, local_x_prob=1.0, local_x_share=1.0, local_x_exact_share=1.0,
+        noise_low=(1e-6, 1e-6), noise_high=(1e-6, 1e-6),
+    )
+    b = sample_gp_prior(4, 40, cfg, dim=3, generator=_gen(1))
+    for X, Y in zip(b.X, b.Y):
+        uniq, inverse = torch.unique(X, dim=0, return_inverse=True)
+        assert uniq.shape[0] < X.shape[0]  # repeated rows
+        for k in range(uniq.shape[0]):
+            ys = Y[inverse == k]
+            assert float(ys.max() - ys.min()) < 0.02 * float(Y.std())
+    # a zero share keeps the random stream of configs without the option
+    base = GPPriorConfig(num_features=3, local_x_prob=0.5)
+    zero = GPPriorConfig(num_features=3, local_x_prob=0.5, local_x_exact_share=0.0)
+    b0 = sample_gp_prior(2, 30, base, dim=3, generator=_gen(2))
+    b1 = sample_gp_prior(2, 30, zero, dim=3, generator=_gen(2))
+    assert torch.equal(b0.X, b1.X) and torch.equal(b0.Y, b1.Y)

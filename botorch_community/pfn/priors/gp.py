@@ -5,7 +5,9 @@ Each dataset of a batch is drawn as follows (all datasets of one batch share the
 dimension `d`, because the network takes one `d` per call):
 
 1. Inputs `X` uniform in `[0, 1]^d`; for a share of datasets (``local_x_prob``) some rows
-   are instead placed close to other rows (as a BO run's points cluster near incumbents).
+   are instead placed close to other rows (as a BO run's points cluster near incumbents),
+   a share of those (``local_x_exact_share``) exactly on another row (a repeated
+   evaluation; a test row on an observed input).
 2. Hyperparameters: kernel Matérn-5/2 (``matern_prob``) or RBF; ARD lengthscales per
    dimension, either Gamma (HEBO+) or log-normal with a location growing with
    `log(d_active) / 2` (dimension-scaled, as BoTorch's default prior); each dimension is
@@ -85,6 +87,8 @@ class GPPriorConfig:
     local_x_prob: float = 0.0
     local_x_share: float = 0.5
     local_x_std: tuple[float, float] = (0.01, 0.2)
+    # of the moved rows, this share lands exactly on its source row (offset 0)
+    local_x_exact_share: float = 0.0
     jitter: float = 1e-8  # relative to the outputscale, added to the kernel diagonal
 
     def __post_init__(self) -> None:
@@ -376,7 +380,11 @@ def sample_inputs(
         src = torch.randint(0, seq_len, (batch_size, seq_len), generator=g, device=g.device)
         centers = torch.gather(X, 1, src.unsqueeze(-1).expand(-1, -1, dim))
         std = _loguniform(*cfg.local_x_std, (batch_size, 1, 1), g)
-        moved = (centers + std * _randn(X.shape, g)).clamp(0.0, 1.0)
+        offset = std * _randn(X.shape, g)
+        if cfg.local_x_exact_share > 0:  # guarded: the stream of older configs is kept
+            exact = _rand((batch_size, seq_len, 1), g) < cfg.local_x_exact_share
+            offset = torch.where(exact, torch.zeros_like(offset), offset)
+        moved = (centers + offset).clamp(0.0, 1.0)
         X = torch.where(local, moved, X)
     return X
 
