@@ -212,7 +212,11 @@ def load_baselines(args, prior: dict, cells) -> dict:
         if old["args"].get(key, False) != getattr(args, key):
             raise SystemExit(f"--reuse-baselines: {key} differs ({old['args'][key]} there, "
                              f"{getattr(args, key)} here).")
-    if old["prior"] != json.loads(json.dumps(prior)):
+    from botorch_community.pfn.priors.gp import GPPriorConfig
+
+    # through the config: options added since then take their (neutral) defaults
+    then = GPPriorConfig.from_dict(old["prior"]).to_dict()
+    if json.loads(json.dumps(then)) != json.loads(json.dumps(prior)):
         raise SystemExit("--reuse-baselines: the earlier run used a different prior.")
     by_cell = {(c["d"], c["n"]): c for c in old["cells"]}
     missing = [c for c in cells if c not in by_cell]
