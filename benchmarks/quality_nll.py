@@ -89,6 +89,11 @@ def parse_args():
                    help="take oracle, Bayes and SingleTaskGP figures from an earlier run's "
                         "JSON with the same datasets (seed, grid, sizes, samples, prior) "
                         "instead of recomputing them (the PFN is always evaluated)")
+    p.add_argument("--prior", default=None, metavar="JSON",
+                   help="draw the datasets from the 'prior' of this JSON (a training config "
+                        "or an earlier run's results) instead of the checkpoint's training "
+                        "prior; with --reuse-baselines the default is that run's prior, so "
+                        "networks trained on different priors meet the same datasets")
     p.add_argument("--out", default=None,
                    help="output stem (default benchmarks/results/quality_nll[_quick])")
     args = p.parse_args()
@@ -261,7 +266,10 @@ def main() -> None:
     ckpt_sha = read_checkpoint_config(args.checkpoint).get("sha256")
     ckpt = str(args.checkpoint or DEFAULT_WEIGHTS)
     meta = getattr(net, "checkpoint_metadata", {}) or {}
-    if "prior" in meta:
+    prior_json = args.prior or args.reuse_baselines
+    if prior_json:
+        prior_dict, prior_src = json.loads(Path(prior_json).read_text())["prior"], prior_json
+    elif "prior" in meta:
         prior_dict, prior_src = meta["prior"], "checkpoint metadata"
     else:
         cfg_path = C.REPO_ROOT / "botorch_community/pfn/configs/default.json"
@@ -541,6 +549,7 @@ def markdown(out) -> str:
                  f"standardised y + log(context std): max |diff| {uc['max_abs_diff_nats']:.2e}"
                  " nats")
     L.append(f"- run time {out['elapsed_s']:.0f} s")
+    L.append(f"- datasets drawn from the prior of: {out.get('prior_source', '?')}")
     if out["args"].get("reuse_baselines"):
         L.append(f"- oracle, Bayes and SingleTaskGP figures reused from "
                  f"`{Path(out['args']['reuse_baselines']).name}` (same datasets, checked)")

@@ -7,7 +7,9 @@ import pytest
 import torch
 from botorch_community.pfn import load_pretrained
 from botorch_community.pfn.bar_distribution import bar_nll
-from botorch_community.pfn.train import load_config, lr_at, main, PriorSampler, train
+from botorch_community.pfn.priors.gp import GPPriorConfig
+from botorch_community.pfn.train import CONFIG_DIR, load_config, lr_at, main, PriorSampler, train
+from botorch_community.pfn.transformer import PFNTransformer
 
 FAST = ["train.border_samples=2000", "train.eval_datasets=4", "train.eval_every=0"]
 
@@ -175,3 +177,16 @@ def test_warm_start_grows_a_plain_network_into_metric_attention(tmp_path):
     assert [grp.get("lr_mult", 1.0) for grp in opt["param_groups"]] == [1.0, 1.0, 50.0]
     moved = load_pretrained(tmp_path / "c" / "model")
     assert any(float(layer.metric_gate.abs().max()) > 0 for layer in moved.layers)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in CONFIG_DIR.glob("*.json")), ids=lambda n: n
+)
+def test_shipped_configs_are_valid(name):
+    # every config in the package loads with its prior and builds its architecture
+    cfg = load_config(name)
+    prior = GPPriorConfig.from_dict(cfg["prior"])
+    assert prior.num_features == cfg["model"]["num_features"]
+    model_cfg = {**cfg["model"], "emsize": 8, "nhid": 8, "nlayers": 1, "nhead": 2,
+                 "num_buckets": 10}  # the options, not the size
+    PFNTransformer(**model_cfg)
