@@ -234,6 +234,44 @@ def test_metric_bias_formula():
         assert bias[b, h, i, 0] == 0  # the context token
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_metric_expanded_form_equals_direct_form(dtype):
+    # the training-speed option computes the same network: reference path, cached
+    # path, gradients w.r.t. the weights (training) and the test inputs
+    net = random_pfn(num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48,
+                     metric_attention=True).to(dtype)
+    tX, tY = (t.to(dtype) for t in _data(n=12))
+    X = torch.rand(2, 5, 3, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    X.requires_grad_(True)
+    # float32: the direct form's own round-off (the expanded form runs in float64)
+    tol = 5e-5 if dtype == torch.float32 else 1e-10
+
+    def run(expanded):
+        net.metric_expanded = expanded
+        net.zero_grad()
+        ref = net(tX.expand(2, -1, -1), tY.expand(2, -1, -1), X)
+        cached = net.predict(X, net.encode_context(tX, tY))
+        loss = (ref * torch.linspace(-1, 1, ref.shape[-1], dtype=dtype)).sum()
+        (g_X,) = torch.autograd.grad(loss, X, retain_graph=True)
+        loss.backward()
+        g_w = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+        return ref, cached, g_X, g_w
+
+    direct, expanded = run(False), run(True)
+    net.metric_expanded = False
+    for a, b in zip(direct, expanded):
+        torch.testing.assert_close(b, a, atol=tol * max(1.0, float(a.detach().abs().max())), rtol=0)
+    # sharp metrics (large scales) cancel digits in the expansion: float64 keeps them
+    s = torch.full((1, 2, 4, 3), math.exp(14.0), dtype=dtype)
+    qX, cX = torch.rand(1, 2, 3, dtype=dtype), torch.rand(1, 7, 3, dtype=dtype)
+    cX[0, 0] = qX[0, 0]  # a repeated input: distance exactly 0
+    from botorch_community.pfn.transformer import expanded_metric_dist
+
+    dist = expanded_metric_dist(s, qX, cX)
+    exact = torch.einsum("bqhd,bqkd->bhqk", s, (qX.unsqueeze(-2) - cX.unsqueeze(-3)) ** 2)
+    torch.testing.assert_close(dist, exact, atol=1e-7 * math.exp(14.0), rtol=1e-6)
+
+
 def test_metric_cache_holds_context_inputs():
     net = random_pfn(num_features=5, emsize=32, nlayers=2, nhead=4, nhid=48, metric_attention=True)
     tX, tY = _data()

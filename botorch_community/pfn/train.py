@@ -86,6 +86,9 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     grad_clip=1.0,
     amp=True,  # bf16 autocast on CUDA
     tf32=True,  # TF32 matmuls on CUDA where amp is off (or for ops autocast keeps in fp32)
+    # metric attention in expanded form (PFNTransformer.metric_expanded): the same network
+    # up to round-off, without the batch x rows x context x d squared differences
+    metric_expanded=False,
     # warm start: a checkpoint path (or "default", the shipped network) whose weights and
     # bucket borders initialise the run (fresh optimizer and schedule); its architecture
     # must match the config's model section
@@ -520,6 +523,7 @@ def train(
             borders = b.cpu()
         net = PFNTransformer(**cfg["model"], borders=borders).to(dev)
         net.train()
+    net.metric_expanded = bool(t.get("metric_expanded", False))
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,36 @@ METRIC_SOFTMIN_TEMPERATURE = 0.01
 NOISE_HINT_MIN_VAR = 1e-6
 NOISE_HINT_LOG_CENTER = -7.0
 NOISE_HINT_LOG_SCALE = 4.0
+
+
+def expanded_metric_dist(s: Tensor, query_X: Tensor, context_X: Tensor) -> Tensor:
+    r"""The scaled squared distances of :meth:`PFNLayer.metric_bias` without the
+    `B x q x n x d` tensor of squared differences (a training-speed option).
+
+    .. math::
+        D_h(q, k) = \textstyle\sum_j s_{hqj} x_{qj}^2
+            + \sum_j (-2 s_{hqj} x_{qj}) x_{kj} + \sum_j s_{hqj} x_{kj}^2,
+
+    i.e. one batched matrix product with a `2 d` contraction. The expansion cancels
+    terms of size `s` (up to `e^14`) to leave distances near 0, so it runs in float64
+    (a GEMM, never TF32): its round-off is then far below float32's on the direct form.
+
+    Args:
+        s: `B x q x nhead x d` per-query scales.
+        query_X: `B x q x d`.
+        context_X: `B x n x d`.
+
+    Returns:
+        `B x nhead x q x n` distances in the dtype of `s`.
+    """
+    f64 = torch.float64
+    sq = s.to(f64).transpose(1, 2)  # `B x nhead x q x d`
+    qx = query_X.to(f64).unsqueeze(1)  # `B x 1 x q x d`
+    cx = context_X.to(f64).unsqueeze(1)  # `B x 1 x n x d`
+    own = (sq * qx.square()).sum(-1, keepdim=True)  # `B x nhead x q x 1`
+    lhs = torch.cat([sq * qx * -2.0, sq], dim=-1)  # `B x nhead x q x 2d`
+    rhs = torch.cat([cx, cx.square()], dim=-1)  # `B x 1 x n x 2d`
+    return (own + lhs @ rhs.transpose(-1, -2)).to(s.dtype)
 
 
 class PFNLayer(nn.Module):
@@ -109,7 +139,7 @@ class PFNLayer(nn.Module):
                 self.metric_proj.bias.copy_(base.repeat_interleave(metric_features))
             self.metric_gate = nn.Parameter(torch.zeros(nhead))
 
-    def metric_bias(self, z: Tensor, sqdist: Tensor) -> Tensor:
+    def metric_bias(self, z: Tensor, sqdist: Union[Tensor, tuple[Tensor, Tensor]]) -> Tensor:
         r"""The distance term of the attention logits.
 
         .. math::
@@ -128,19 +158,26 @@ class PFNLayer(nn.Module):
         Args:
             z: `B x q x e` normalised query states (rows with inputs only).
             sqdist: `B x q x n x d` squared input differences `(x_q - x_k)^2` to the
-                `n` context rows, `d <= metric_features`.
+                `n` context rows, `d <= metric_features`; or the pair of inputs
+                `(B x q x d, B x n x d)` for the expanded form (see
+                :func:`expanded_metric_dist`).
 
         Returns:
             `B x nhead x q x (n + 1)` logit offsets, in float32 or wider.
         """
-        B, q, n, d = sqdist.shape
-        dt = torch.promote_types(sqdist.dtype, torch.float32)
+        expanded = isinstance(sqdist, tuple)
+        ref = sqdist[0] if expanded else sqdist
+        n, d = (sqdist[1].shape[-2], ref.shape[-1]) if expanded else ref.shape[-2:]
+        dt = torch.promote_types(ref.dtype, torch.float32)
         with torch.autocast(z.device.type, enabled=False):
             w = self.metric_proj.weight.to(dt).unflatten(0, (self.nhead, -1))[:, :d]
             c = self.metric_proj.bias.to(dt).unflatten(0, (self.nhead, -1))[:, :d]
             log_s = torch.einsum("bqe,hde->bqhd", z.to(dt), w) + c  # `B x q x nhead x d`
             s = log_s.clamp(-12.0, 14.0).exp()
-            dist = torch.einsum("bqhd,bqkd->bhqk", s, sqdist.to(dt))  # `B x nhead x q x n`
+            if expanded:
+                dist = expanded_metric_dist(s, *sqdist)
+            else:
+                dist = torch.einsum("bqhd,bqkd->bhqk", s, sqdist.to(dt))  # `B x nhead x q x n`
             if n > 0:  # subtract a soft minimum over the context rows
                 t = METRIC_SOFTMIN_TEMPERATURE
                 dist = dist + t * torch.logsumexp(-dist / t, dim=-1, keepdim=True)
@@ -171,7 +208,7 @@ class PFNLayer(nn.Module):
         h: Tensor,
         keys: Tensor,
         values: Tensor,
-        sqdist: Optional[Tensor] = None,
+        sqdist: Union[None, Tensor, tuple[Tensor, Tensor]] = None,
         token_row: bool = False,
     ) -> Tensor:
         r"""Update token states by attending to the given context keys/values.
@@ -181,8 +218,8 @@ class PFNLayer(nn.Module):
             keys: `B x nhead x (n + 1) x head_dim` (key 0: the context token).
             values: `B x nhead x (n + 1) x head_dim`.
             sqdist: For layers with a metric term: `B x m' x n x d` squared input
-                differences of the query rows that have inputs to the `n` context rows
-                (see :meth:`metric_bias`).
+                differences of the query rows that have inputs to the `n` context rows,
+                or the pair of their inputs (the expanded form; see :meth:`metric_bias`).
             token_row: Whether query row 0 is the context token (it has no inputs;
                 then `m' = m - 1`), else `m' = m`.
 
@@ -294,6 +331,10 @@ class PFNTransformer(nn.Module):
             self.config["noise_hint"] = True
         self.noise_hint = bool(noise_hint)
         self.metric_attention = bool(metric_attention)
+        #: Compute the metric term in expanded form (:func:`expanded_metric_dist`):
+        #: the same function up to round-off, without the `B x q x n x d` squared
+        #: differences. A speed option (not part of the architecture or its config).
+        self.metric_expanded = False
         self.gaussian_head = bool(gaussian_head)
         self.num_features = num_features
         self.num_buckets = num_buckets
@@ -470,7 +511,9 @@ class PFNTransformer(nn.Module):
         ctx = self.context_token.expand(*tokens.shape[:-2], 1, -1)
         return torch.cat([ctx, tokens], dim=-2)
 
-    def _sqdist(self, query_X: Tensor, context_X: Tensor) -> Optional[Tensor]:
+    def _sqdist(
+        self, query_X: Tensor, context_X: Tensor
+    ) -> Union[None, Tensor, tuple[Tensor, Tensor]]:
         r"""Squared input differences for the metric attention term (None without it).
 
         Args:
@@ -478,10 +521,13 @@ class PFNTransformer(nn.Module):
             context_X: `B x n x d`.
 
         Returns:
-            `B x q x n x d`.
+            `B x q x n x d`; with ``metric_expanded`` the inputs `(query_X, context_X)`
+            themselves (see :meth:`PFNLayer.metric_bias`).
         """
         if not self.metric_attention:
             return None
+        if self.metric_expanded:
+            return query_X, context_X
         return (query_X.unsqueeze(-2) - context_X.unsqueeze(-3)).square()
 
     def _cast(self, *tensors: Tensor) -> list[Tensor]:
