@@ -562,6 +562,27 @@ class PFNTransformer(nn.Module):
         """
         if kv_cache is not None:
             return self.predict(test_X, kv_cache)
+        return self.output_log_probs(self.reference_states(train_X, train_Y, test_X, train_Yvar))
+
+    def reference_states(
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        test_X: Tensor,
+        train_Yvar: Optional[Tensor] = None,
+    ) -> Tensor:
+        r"""Final states of the test tokens on the reference path (the input of the
+        output head): training and test tokens go through the transformer together.
+
+        Args:
+            train_X: `b x n x d`.
+            train_Y: `b x n x 1`.
+            test_X: `b x m x d`.
+            train_Yvar: `b x n x 1` known noise variances (see :meth:`forward`).
+
+        Returns:
+            `b x m x emsize`.
+        """
         train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
         if train_X.shape[:-2] != test_X.shape[:-2]:
             raise ValueError(
@@ -584,7 +605,7 @@ class PFNTransformer(nn.Module):
             k, v = layer.context_kv(h[:, :n_ctx])
             h = layer.attend(h, k, v, sqdist, token_row=True)
         h = h.reshape(*batch_shape, *h.shape[-2:])
-        return self.output_log_probs(h[..., n_ctx:, :])
+        return h[..., n_ctx:, :]
 
     # ------------------------------------------------------------------- dtype
     @property
