@@ -143,3 +143,20 @@ def test_roundtrip_metric_attention(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="metric_"):
         load_pretrained(tmp_path / "m", verify_hash=False)
+
+
+def test_roundtrip_target_readout(tmp_path):
+    net = _net(metric_attention=True, target_readout=True)
+    with torch.no_grad():
+        net.readout_head.weight.normal_(0.0, 0.1)
+    save_pretrained(net, tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m")
+    assert loaded.config["target_readout"] and loaded.config == net.config
+    tX, tY, X = _data()
+    torch.testing.assert_close(loaded(tX, tY, X), net.eval()(tX, tY, X))
+    # a config without the readout is refused, naming its tensors
+    cfg = json.loads((tmp_path / "m.json").read_text())
+    del cfg["config"]["target_readout"]
+    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="readout_"):
+        load_pretrained(tmp_path / "m", verify_hash=False)

@@ -19,10 +19,14 @@ from botorch_community.pfn.symmetries import (
 from botorch_community.pfn.testing import random_pfn
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "metric"])
+VARIANTS = {"plain": {}, "metric": {"metric_attention": True},
+            "metric+readout": {"metric_attention": True, "target_readout": True}}  # fmt: skip
+
+
+@pytest.fixture(params=list(VARIANTS))
 def net(request):
     return random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48,
-                      metric_attention=request.param)
+                      **VARIANTS[request.param])  # fmt: skip
 
 
 def _data(n=10, d=3, dtype=torch.float64, seed=0):

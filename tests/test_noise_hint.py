@@ -20,10 +20,14 @@ from botorch_community.pfn.transformer import NOISE_HINT_MIN_VAR, PFNTransformer
 FAST = ["train.border_samples=2000", "train.eval_datasets=4", "train.eval_every=0"]
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "metric"])
+VARIANTS = {"plain": {}, "metric": {"metric_attention": True},
+            "metric+readout": {"metric_attention": True, "target_readout": True}}  # fmt: skip
+
+
+@pytest.fixture(params=list(VARIANTS))
 def net(request):
     return random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48,
-                      metric_attention=request.param, noise_hint=True)
+                      noise_hint=True, **VARIANTS[request.param])  # fmt: skip
 
 
 def _data(n=10, d=3, dtype=torch.float64, seed=0):

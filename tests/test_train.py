@@ -179,6 +179,22 @@ def test_warm_start_grows_a_plain_network_into_metric_attention(tmp_path):
     assert any(float(layer.metric_gate.abs().max()) > 0 for layer in moved.layers)
 
 
+def test_warm_start_grows_a_target_readout(tmp_path):
+    train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
+    over = FAST + [f"train.init_from={json.dumps(str(tmp_path / 'a' / 'model'))}",
+                   "model.target_readout=true", "train.grown_lr_mult=50", "train.lr=1e-3"]  # fmt: skip
+    train("tiny", tmp_path / "b", steps=3, overrides=over, progress=False)
+    grown = load_pretrained(tmp_path / "b" / "model")
+    assert grown.config["target_readout"] and grown.target_readout
+    opt = torch.load(tmp_path / "b" / "optimizer.pt", weights_only=True)["optimizer"]
+    assert [grp.get("lr_mult", 1.0) for grp in opt["param_groups"]] == [1.0, 1.0, 50.0]
+    assert float(grown.readout_head.weight.abs().max()) > 0  # it trained
+    g = torch.Generator().manual_seed(0)
+    tX, tY, X = torch.rand(7, 3, generator=g), torch.randn(7, 1, generator=g), torch.rand(5, 3, generator=g)
+    out = grown.predict(X, grown.encode_context(tX, tY))
+    torch.testing.assert_close(out, grown(tX[None], tY[None], X[None])[0], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     "name", sorted(p.stem for p in CONFIG_DIR.glob("*.json")), ids=lambda n: n
 )

@@ -17,6 +17,8 @@ VARIANTS = {
     "metric": {"metric_attention": True},
     "gauss": {"gaussian_head": True},
     "metric+gauss": {"metric_attention": True, "gaussian_head": True},
+    "readout": {"target_readout": True},
+    "metric+readout": {"metric_attention": True, "target_readout": True},
 }
 
 
@@ -323,3 +325,71 @@ def test_gaussian_bucket_probabilities():
     assert torch.isfinite(lq).all()
     lq.sum().backward()
     assert torch.isfinite(mu32.grad).all()
+
+
+# --------------------------------------------------------------- target readout
+def test_target_readout_starts_near_the_plain_network():
+    plain = random_pfn(num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48,
+                       metric_attention=True)  # fmt: skip
+    grown = PFNTransformer(**{**plain.config, "target_readout": True}, borders=plain.borders)
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == [
+        "readout_head.bias", "readout_head.weight", "readout_norm.bias",
+        "readout_norm.weight", "readout_scale.bias", "readout_scale.weight",
+    ]  # fmt: skip
+    grown.eval()
+    tX, tY = _data()
+    X = torch.rand(6, 3)
+    p_plain = plain.predict(X, plain.encode_context(tX, tY)).softmax(-1)
+    p_grown = grown.predict(X, grown.encode_context(tX, tY)).softmax(-1)
+    # mixing weight sigmoid(-4) = 0.018 at the start: total variation at most that
+    w = float(torch.sigmoid(torch.tensor(-4.0)))
+    assert 0 < (p_grown - p_plain).abs().sum(-1).max() <= 2 * w + 1e-6
+
+
+def test_target_readout_reads_observed_values():
+    net = random_pfn(num_features=5, emsize=32, nlayers=2, nhead=4, nhid=48,
+                     target_readout=True)  # fmt: skip
+    with torch.no_grad():  # a dominant, narrow Gaussian on sharp readout weights
+        net.readout_scale.weight.zero_()
+        net.readout_scale.bias.fill_(math.log(1e5))
+        net.readout_head.weight.zero_()
+        net.readout_head.bias.copy_(torch.tensor([0.0, math.log(1e-3), 10.0]))
+    tX, tY = _data(n=8)
+    tY_nan = tY.clone()
+    tY_nan[3] = float("nan")  # a missing target is not read out
+    cache = net.encode_context(tX, tY_nan)
+    p = net.predict(tX, cache).softmax(-1)  # at the observed inputs
+    known = torch.arange(8) != 3
+    # the most likely bucket holds the observed value, with most of the mass
+    top = p.argmax(-1)
+    y = tY[:, 0]
+    assert ((net.borders[top] <= y) & (y < net.borders[top + 1]))[known].all()
+    assert (p.max(-1).values[known] > 0.3).all()
+    mu, sigma, omega = net.target_readout_params(
+        torch.zeros(1, 8, 32), tX[None], tX[None], tY_nan[None])
+    torch.testing.assert_close(mu[0, known], tY[known, 0], atol=1e-5, rtol=0)
+    assert torch.isfinite(mu).all() and abs(float(mu[0, 3] - tY[3, 0])) > 1e-3
+    # no known target at all: finite, and no readout for an empty context
+    all_nan = torch.full_like(tY, float("nan"))
+    assert torch.isfinite(net.predict(tX, net.encode_context(tX, all_nan))).all()
+    assert net.target_readout_params(torch.zeros(1, 8, 32), tX[None], tX[:0][None],
+                                     tY[:0][None]) is None  # fmt: skip
+
+
+def test_target_readout_expanded_form_and_gradients_without_known_targets():
+    net = random_pfn(num_features=5, emsize=32, nlayers=2, nhead=4, nhid=48,
+                     metric_attention=True, target_readout=True).double()  # fmt: skip
+    tX, tY = (t.double() for t in _data())
+    X = torch.rand(4, 3, dtype=torch.float64)
+    direct = net.predict(X, net.encode_context(tX, tY))
+    net.metric_expanded = True
+    torch.testing.assert_close(net.predict(X, net.encode_context(tX, tY)), direct,
+                               atol=1e-9, rtol=0)  # fmt: skip
+    # a batch element whose targets are all missing gives finite gradients everywhere
+    Y2 = torch.stack([tY, torch.full_like(tY, float("nan"))])
+    Xg = torch.rand(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    out = net(tX.expand(2, -1, -1), Y2, Xg)
+    out.logsumexp(-1).sum().backward()
+    assert torch.isfinite(Xg.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

@@ -5,8 +5,8 @@ The shipped network misses observed values of noise-free objectives by 0.04 to 0
 standard deviations of y (``benchmarks/interpolation.py``), and more data at observed
 inputs did not teach it to do better (model card, "Clustered and repeated inputs").
 The hypothesis: a bar distribution decoded from a token cannot place a peak at an
-arbitrary observed value precisely. This prototype adds a head that reads the context
-targets directly:
+arbitrary observed value precisely. ``PFNTransformer(target_readout=True)`` adds a head
+that reads the context targets directly (:meth:`PFNTransformer.target_readout_params`):
 
 .. math::
     \hat y(x) = \sum_k w_k y_k,\quad w = \mathrm{softmax}_k\big(-\textstyle\sum_j
@@ -38,66 +38,12 @@ import math
 import time
 
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
 
 from botorch_community.pfn.bar_distribution import bar_nll
 from botorch_community.pfn.train import PriorSampler, fit_borders, load_config, lr_at
-from botorch_community.pfn.transformer import PFNTransformer, _log_gaussian_bucket_probs
+from botorch_community.pfn.transformer import PFNTransformer
 
 NOISE_FREE_VAR = 1e-3  # as in quality_nll.py: noise variance below this is "noise-free"
-
-
-class ReadoutPFN(PFNTransformer):
-    r"""A `PFNTransformer` whose output mixes in a Gaussian centred on a read-out of the
-    context targets (reference path only: a prototype)."""
-
-    def __init__(self, *args, readout: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.readout = readout
-        e, nf = self.config["emsize"], self.config["num_features"]
-        if readout:
-            self.ro_norm = nn.LayerNorm(e)
-            self.ro_scale = nn.Linear(e, nf)  # log-scales of the readout metric
-            nn.init.zeros_(self.ro_scale.weight)
-            nn.init.constant_(self.ro_scale.bias, math.log(100.0))
-            self.ro_head = nn.Linear(e + 2, 3)  # (delta, log sigma, mixing logit)
-            nn.init.zeros_(self.ro_head.weight)
-            with torch.no_grad():
-                self.ro_head.bias.copy_(torch.tensor([0.0, -3.0, -2.0]))
-
-    def forward(self, train_X, train_Y, test_X, kv_cache=None, train_Yvar=None):
-        if kv_cache is not None:
-            raise NotImplementedError("prototype: reference path only")
-        h = self.reference_states(train_X, train_Y, test_X, train_Yvar)  # `b x m x e`
-        logits = self.output_log_probs(h)
-        if not self.readout or train_X.shape[-2] == 0:
-            return logits
-        z = self.ro_norm(h)
-        d = train_X.shape[-1]
-        s = self.ro_scale(z)[..., :d].clamp(-12.0, 14.0).exp()  # `b x m x d`
-        diff2 = (test_X.unsqueeze(-2) - train_X.unsqueeze(-3)).square()  # `b x m x n x d`
-        dist = (diff2 * s.unsqueeze(-2)).sum(-1)  # `b x m x n`
-        y = train_Y.squeeze(-1)  # `b x n`
-        known = ~torch.isnan(y)
-        dist = dist.masked_fill(~known.unsqueeze(-2), float("inf"))
-        w = torch.softmax(-dist, dim=-1).nan_to_num(0.0)  # all-missing rows: zero weights
-        y0 = y.nan_to_num(0.0).unsqueeze(-2)  # `b x 1 x n`
-        yhat = (w * y0).sum(-1)  # `b x m`
-        spread = (w * (y0 - yhat.unsqueeze(-1)).square()).sum(-1)
-        dmin = dist.amin(-1).clamp(0.0, 1e6).nan_to_num(1e6)
-        feats = torch.cat(
-            [z, torch.log(spread + 1e-8).unsqueeze(-1), torch.log(dmin + 1e-8).unsqueeze(-1)],
-            dim=-1,
-        )
-        delta, log_sigma, omega = self.ro_head(feats).unbind(-1)
-        sigma = log_sigma.clamp(-9.0, 2.0).exp()
-        log_q = _log_gaussian_bucket_probs(yhat + delta, sigma, self.borders)
-        log_bar = torch.log_softmax(logits, dim=-1)
-        return torch.logaddexp(
-            log_bar + F.logsigmoid(-omega).unsqueeze(-1),
-            log_q + F.logsigmoid(omega).unsqueeze(-1),
-        )
 
 
 def make_config(args) -> dict:
@@ -176,7 +122,9 @@ def main() -> None:
     for variant in variants:
         torch.manual_seed(args.seed)
         m = cfg["model"]
-        net = ReadoutPFN(borders=borders, readout=variant == "readout", **m)
+        # the prototype's runs started the readout at mixing weight sigmoid(-2)
+        net = PFNTransformer(borders=borders, target_readout=variant == "readout",
+                             readout_init_logit=-2.0, **m)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg["train"]["lr"], weight_decay=0.01)
         t0, log = time.time(), []
         for step in range(args.steps):

@@ -41,7 +41,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _CONFIG_KEYS = (
     "num_features", "emsize", "nlayers", "nhead", "nhid", "num_buckets", "dropout",
-    "max_context", "metric_attention", "gaussian_head", "noise_hint",
+    "max_context", "metric_attention", "gaussian_head", "noise_hint", "target_readout",
 )  # fmt: skip
 
 

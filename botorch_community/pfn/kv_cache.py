@@ -39,7 +39,10 @@ class KVCache:
             transforms, ...). Opaque to the network; the owner compares it to decide
             whether its cache is stale.
         context_X: `batch_shape x n x d` context inputs, kept for networks whose
-            attention has a distance term (``metric_attention``); None otherwise.
+            attention has a distance term (``metric_attention``) or that read out the
+            context targets (``target_readout``); None otherwise.
+        context_Y: `batch_shape x n x 1` standardised context targets (NaN: missing),
+            kept for networks with ``target_readout``; None otherwise.
     """
 
     keys: tuple[Tensor, ...]
@@ -50,6 +53,7 @@ class KVCache:
     fingerprint: Hashable = None
     extras: dict = field(default_factory=dict)
     context_X: Optional[Tensor] = None
+    context_Y: Optional[Tensor] = None
 
     @property
     def num_layers(self) -> int:
@@ -65,7 +69,7 @@ class KVCache:
 
     def nbytes(self) -> int:
         r"""Memory held by the cached tensors, in bytes."""
-        extra = () if self.context_X is None else (self.context_X,)
+        extra = tuple(t for t in (self.context_X, self.context_Y) if t is not None)
         return sum(
             t.numel() * t.element_size() for t in (*self.keys, *self.values, *extra)
         )

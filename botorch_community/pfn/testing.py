@@ -52,6 +52,11 @@ def random_pfn(
             if net.gaussian_head:  # a visible, input-dependent Gaussian component
                 net.gauss_head.weight.normal_(0.0, 0.1)
                 net.gauss_head.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))
+            if net.target_readout:  # a visible readout with moderate, input-dependent scales
+                net.readout_scale.weight.normal_(0.0, 0.3)
+                net.readout_scale.bias.normal_(2.0, 0.5)
+                net.readout_head.weight.normal_(0.0, 0.1)
+                net.readout_head.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))
     finally:
         torch.random.set_rng_state(gen_state)
     return net.eval()

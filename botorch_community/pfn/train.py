@@ -370,12 +370,14 @@ def load_checkpoint(out: Path, device: torch.device):
 
 # -------------------------------------------------------------------------- training
 #: Architecture options a warm start may switch on in a network that lacks them.
-GROWABLE = ("metric_attention", "gaussian_head", "noise_hint")
+GROWABLE = ("metric_attention", "gaussian_head", "noise_hint", "target_readout")
 
 
 def is_grown_parameter(name: str) -> bool:
     r"""Whether a parameter belongs to a part a warm start can add (see ``GROWABLE``)."""
-    return ".metric_" in name or name.startswith(("gauss_head", "noise_encoder"))
+    return ".metric_" in name or name.startswith(
+        ("gauss_head", "noise_encoder", "readout_norm", "readout_scale", "readout_head")
+    )
 
 
 def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.device) -> PFNTransformer:

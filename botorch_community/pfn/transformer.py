@@ -85,6 +85,22 @@ def expanded_metric_dist(s: Tensor, query_X: Tensor, context_X: Tensor) -> Tenso
     return (own + lhs @ rhs.transpose(-1, -2)).to(s.dtype)
 
 
+def scaled_sqdist(s: Tensor, sqdist: Union[Tensor, tuple[Tensor, Tensor]]) -> Tensor:
+    r"""Per-query scaled squared distances `D_h(q, k) = sum_j s_{qhj} (x_qj - x_kj)^2`.
+
+    Args:
+        s: `B x q x H x d` non-negative scales.
+        sqdist: `B x q x n x d` squared input differences, or the pair of inputs
+            `(B x q x d, B x n x d)` for the expanded form (:func:`expanded_metric_dist`).
+
+    Returns:
+        `B x H x q x n` in the dtype of `s`.
+    """
+    if isinstance(sqdist, tuple):
+        return expanded_metric_dist(s, *sqdist)
+    return torch.einsum("bqhd,bqkd->bhqk", s, sqdist.to(s.dtype))
+
+
 class PFNLayer(nn.Module):
     r"""A pre-norm transformer layer in which queries attend to given keys/values.
 
@@ -174,10 +190,7 @@ class PFNLayer(nn.Module):
             c = self.metric_proj.bias.to(dt).unflatten(0, (self.nhead, -1))[:, :d]
             log_s = torch.einsum("bqe,hde->bqhd", z.to(dt), w) + c  # `B x q x nhead x d`
             s = log_s.clamp(-12.0, 14.0).exp()
-            if expanded:
-                dist = expanded_metric_dist(s, *sqdist)
-            else:
-                dist = torch.einsum("bqhd,bqkd->bhqk", s, sqdist.to(dt))  # `B x nhead x q x n`
+            dist = scaled_sqdist(s, sqdist)  # `B x nhead x q x n`
             if n > 0:  # subtract a soft minimum over the context rows
                 t = METRIC_SOFTMIN_TEMPERATURE
                 dist = dist + t * torch.logsumexp(-dist / t, dim=-1, keepdim=True)
@@ -267,6 +280,8 @@ class PFNTransformer(nn.Module):
         metric_attention: bool = False,
         gaussian_head: bool = False,
         noise_hint: bool = False,
+        target_readout: bool = False,
+        readout_init_logit: float = -4.0,
     ) -> None:
         r"""
         Args:
@@ -302,6 +317,17 @@ class PFNTransformer(nn.Module):
                 :meth:`encode_noise` and added to the rows' tokens. Rows whose noise is
                 unknown (None or NaN) get nothing added, so the network also predicts
                 without the hint. Starts at zero (an exact warm start).
+            target_readout: Mix into the output a discretised Gaussian centred on a
+                read-out of the context targets (:meth:`target_readout_params`): a
+                kernel-weighted average of the observed `y` with per-dimension scales
+                predicted from the test token. The bar distribution is decoded from the
+                token alone, so a sharp peak at an observed value must otherwise be
+                carried through every layer; the readout gives it directly (aimed at
+                noise-free interpolation). Needs the context targets in the
+                :class:`KVCache`.
+            readout_init_logit: Initial mixing logit of the readout's Gaussian (an
+                initialisation only, not part of the config): a grown network starts
+                at weight `sigmoid(-4) = 0.018`, i.e. close to its source.
         """
         super().__init__()
         if borders is None:
@@ -329,7 +355,10 @@ class PFNTransformer(nn.Module):
             self.config["gaussian_head"] = True
         if noise_hint:
             self.config["noise_hint"] = True
+        if target_readout:
+            self.config["target_readout"] = True
         self.noise_hint = bool(noise_hint)
+        self.target_readout = bool(target_readout)
         self.metric_attention = bool(metric_attention)
         #: Compute the metric term in expanded form (:func:`expanded_metric_dist`):
         #: the same function up to round-off, without the `B x q x n x d` squared
@@ -368,9 +397,113 @@ class PFNTransformer(nn.Module):
             nn.init.zeros_(self.gauss_head.weight)
             with torch.no_grad():
                 self.gauss_head.bias.copy_(torch.tensor([0.0, 0.0, -6.0]))
+        if target_readout:
+            self.readout_norm = nn.LayerNorm(emsize)
+            # log-scales of the readout's metric per input dimension (start: 100)
+            self.readout_scale = nn.Linear(emsize, num_features)
+            nn.init.zeros_(self.readout_scale.weight)
+            nn.init.constant_(self.readout_scale.bias, math.log(100.0))
+            # (mean shift, log std, mixing logit) from the token, log spread, log dmin
+            self.readout_head = nn.Linear(emsize + 2, 3)
+            nn.init.zeros_(self.readout_head.weight)
+            with torch.no_grad():
+                self.readout_head.bias.copy_(torch.tensor([0.0, -3.0, readout_init_logit]))
 
     # ------------------------------------------------------------------ output
-    def output_log_probs(self, h: Tensor) -> Tensor:
+    def output_log_probs(
+        self, h: Tensor, readout: Optional[tuple[Tensor, Tensor, Tensor]] = None
+    ) -> Tensor:
+        r"""Bucket logits from final token states, with the target readout's Gaussian
+        mixed in where given:
+
+        .. math::
+            p_i = (1 - w)\,p^{\mathrm{head}}_i + w \big(\Phi(z_{i+1}) - \Phi(z_i)\big),
+            \quad z_i = (b_i - \mu) / \sigma,\quad w = \mathrm{sigmoid}(\omega).
+
+        Args:
+            h: `batch_shape x m x emsize` final states of the test tokens.
+            readout: `(mu, sigma, omega)`, each `batch_shape x m`, from
+                :meth:`target_readout_params` (None: the head alone).
+
+        Returns:
+            `batch_shape x m x num_buckets` logits.
+        """
+        logits = self._head_log_probs(h)
+        if readout is None:
+            return logits
+        mu, sigma, omega = readout
+        f64 = torch.float64
+        with torch.autocast(h.device.type, enabled=False):
+            log_head = torch.log_softmax(logits.to(mu.dtype), dim=-1)
+            # float64: in float32 the bucket CDF differences of a narrow Gaussian lose
+            # up to 1e-5 of log-probability to cancellation
+            log_q = _log_gaussian_bucket_probs(
+                mu.to(f64), sigma.to(f64), self.borders.to(f64)
+            ).to(mu.dtype)
+            return torch.logaddexp(
+                log_head + F.logsigmoid(-omega).unsqueeze(-1),
+                log_q + F.logsigmoid(omega).unsqueeze(-1),
+            )
+
+    def target_readout_params(
+        self, h: Tensor, query_X: Tensor, context_X: Tensor, context_Y: Tensor
+    ) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        r"""The target readout's Gaussian (networks with ``target_readout``).
+
+        .. math::
+            \hat y(x) = \sum_k w_k y_k,\quad
+            w = \mathrm{softmax}_k\big(-\textstyle\sum_j s_j(z) (x_j - x_{kj})^2\big)
+
+        over the context rows with known targets, with scales `s` from the normalised
+        token `z`; `(delta, log sigma, omega)` come from `z`, the log of the readout's
+        spread `sum_k w_k (y_k - yhat)^2` and the log of the nearest scaled distance.
+        At an observed input of noise-free data `yhat` can be the observed value.
+
+        Args:
+            h: `batch_shape x m x emsize` final test-token states.
+            query_X: `batch_shape x m x d` test inputs.
+            context_X: `batch_shape x n x d` context inputs.
+            context_Y: `batch_shape x n x 1` standardised targets (NaN: missing).
+
+        Returns:
+            `(mu, sigma, omega)`, each `batch_shape x m` (in float32 or wider), or None
+            for an empty context.
+        """
+        n, d = context_X.shape[-2:]
+        if n == 0:
+            return None
+        batch_shape, m = h.shape[:-2], h.shape[-2]
+        h = h.reshape(-1, m, h.shape[-1])
+        query_X = query_X.reshape(-1, m, d)
+        context_X = context_X.reshape(-1, n, d)
+        dt = torch.promote_types(h.dtype, torch.float32)
+        with torch.autocast(h.device.type, enabled=False):
+            z = self.readout_norm(h.to(self.readout_norm.weight.dtype)).to(dt)
+            w_s, b_s = self.readout_scale.weight[:d].to(dt), self.readout_scale.bias[:d].to(dt)
+            s = F.linear(z, w_s, b_s).clamp(-12.0, 14.0).exp()  # `B x m x d`
+            if self.metric_expanded:
+                pairs = (query_X.to(dt), context_X.to(dt))
+            else:
+                pairs = (query_X.unsqueeze(-2) - context_X.unsqueeze(-3)).square()
+            dist = scaled_sqdist(s.unsqueeze(-2), pairs).squeeze(-3)  # `B x m x n`
+            y = context_Y.reshape(-1, 1, n).to(dt)  # `B x 1 x n`
+            known = ~torch.isnan(y)
+            has = known.any(-1, keepdim=True)  # `B x 1 x 1`: any target known
+            dist = dist.masked_fill(~known, float("inf"))
+            # rows without known targets: uniform logits (no NaN), weights zeroed
+            w = torch.softmax(torch.where(has, -dist, 0.0), dim=-1) * has  # `B x m x n`
+            y = y.nan_to_num(0.0)
+            yhat = (w * y).sum(-1)  # `B x m`
+            spread = (w * (y - yhat.unsqueeze(-1)).square()).sum(-1)
+            dmin = torch.where(has.squeeze(-1), dist.amin(-1).clamp(0.0, 1e6), 1e6)
+            feats = torch.cat([z, (spread + 1e-8).log().unsqueeze(-1),
+                               (dmin + 1e-8).log().unsqueeze(-1)], dim=-1)  # fmt: skip
+            w_r, b_r = self.readout_head.weight.to(dt), self.readout_head.bias.to(dt)
+            delta, log_sigma, omega = F.linear(feats, w_r, b_r).unbind(-1)
+            out = (yhat + delta, log_sigma.clamp(-9.0, 2.0).exp(), omega)
+        return tuple(t.reshape(*batch_shape, m) for t in out)
+
+    def _head_log_probs(self, h: Tensor) -> Tensor:
         r"""The output head: bucket logits from final token states.
 
         Without ``gaussian_head`` these are the decoder's logits. With it they are the
@@ -562,7 +695,12 @@ class PFNTransformer(nn.Module):
         """
         if kv_cache is not None:
             return self.predict(test_X, kv_cache)
-        return self.output_log_probs(self.reference_states(train_X, train_Y, test_X, train_Yvar))
+        h = self.reference_states(train_X, train_Y, test_X, train_Yvar)
+        readout = None
+        if self.target_readout:
+            train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
+            readout = self.target_readout_params(h, test_X, train_X, train_Y)
+        return self.output_log_probs(h, readout)
 
     def reference_states(
         self,
@@ -707,7 +845,8 @@ class PFNTransformer(nn.Module):
             num_context=train_X.shape[-2],
             network_state=self.weights_state(),
             fingerprint=fingerprint,
-            context_X=train_X if self.metric_attention else None,
+            context_X=train_X if self.metric_attention or self.target_readout else None,
+            context_Y=train_Y if self.target_readout else None,
         )
 
     def extend_context(
@@ -750,12 +889,10 @@ class PFNTransformer(nn.Module):
         h_extra = h_extra.reshape(-1, k, h_shared.shape[-1])  # `Bf x k x e`
         Bf = h_extra.shape[0]
         h = torch.cat([h_shared.expand(Bf, -1, -1), h_extra], dim=-2)  # `Bf x (n+1+k) x e`
-        all_X, sqdist = None, None
-        if self.metric_attention:
-            all_X = torch.cat(
-                [ctx_X.expand(Bf, -1, -1), extra_X.reshape(Bf, k, ctx_X.shape[-1])], dim=-2
-            )  # `Bf x (n+k) x d`
-            sqdist = self._sqdist(all_X, all_X)
+        all_X = torch.cat(
+            [ctx_X.expand(Bf, -1, -1), extra_X.reshape(Bf, k, ctx_X.shape[-1])], dim=-2
+        )  # `Bf x (n+k) x d`
+        sqdist = self._sqdist(all_X, all_X)  # None without metric attention
         reuse = (
             base_cache is not None
             and base_cache.batch_shape == torch.Size([])
@@ -781,7 +918,17 @@ class PFNTransformer(nn.Module):
             batch_shape=batch_shape,
             num_context=ctx_X.shape[-2] + k,
             network_state=self.weights_state(),
-            context_X=None if all_X is None else all_X.reshape(*batch_shape, *all_X.shape[-2:]),
+            context_X=(
+                all_X.reshape(*batch_shape, *all_X.shape[-2:])
+                if self.metric_attention or self.target_readout
+                else None
+            ),
+            context_Y=(
+                torch.cat([ctx_Y.expand(Bf, -1, -1), extra_Y.reshape(Bf, k, 1)], dim=-2)
+                .reshape(*batch_shape, -1, 1)
+                if self.target_readout
+                else None
+            ),
         )
 
     def predict(self, test_X: Tensor, kv_cache: KVCache) -> Tensor:
@@ -810,10 +957,12 @@ class PFNTransformer(nn.Module):
         (test_X,) = self._cast(test_X)
         h = self.encode_x(test_X)  # `S x m x e`
         h, restore = _to_cache_layout(h, kv_cache.batch_shape)  # `Bc x M x e`
-        sqdist = None
-        if self.metric_attention:
-            if kv_cache.context_X is None:
-                raise RuntimeError("This KVCache lacks the context inputs the network needs.")
+        sqdist, readout = None, None
+        if self.metric_attention or self.target_readout:
+            if kv_cache.context_X is None or (
+                self.target_readout and kv_cache.context_Y is None
+            ):
+                raise RuntimeError("This KVCache lacks the context data the network needs.")
             if kv_cache.context_X.shape[-1] != test_X.shape[-1]:
                 raise ValueError(
                     f"test_X has d={test_X.shape[-1]} features but the cached context "
@@ -821,12 +970,15 @@ class PFNTransformer(nn.Module):
                 )
             qX, _ = _to_cache_layout(test_X, kv_cache.batch_shape)  # `Bc x M x d`
             cX = kv_cache.context_X.reshape(h.shape[0], *kv_cache.context_X.shape[-2:])
-            sqdist = self._sqdist(qX, cX)  # `Bc x M x n x d`
+            sqdist = self._sqdist(qX, cX)  # `Bc x M x n x d` (None without the metric)
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             k = k.reshape(-1, *k.shape[-3:])
             v = v.reshape(-1, *v.shape[-3:])
             h = layer.attend(h, k, v, sqdist)
-        return restore(self.output_log_probs(h))
+        if self.target_readout:
+            cY = kv_cache.context_Y.reshape(h.shape[0], -1, 1)
+            readout = self.target_readout_params(h, qX, cX, cY)
+        return restore(self.output_log_probs(h, readout))
 
 
 def _log_gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:
