@@ -24,9 +24,15 @@ oracle per context size (noise-free and noisy datasets apart) and the error at t
 observations (test rows = the context rows, noise-free datasets). Ratios within one run
 are the result.
 
+With ``--warm-steps W`` a plain network first trains `W` steps; the readout variant then
+grows the head into it (mixing weight starting at ``sigmoid(--init-logit)``, its parameters
+at ``--grown-lr-mult`` times the learning rate) and both continue for ``--steps``: does the
+head grow in a warm start, as the GPU fine-tune of the shipped network needs?
+
 Usage::
 
     PYTHONPATH=$PWD python tools/proto_readout.py --steps 3000 --out /tmp/proto   # ~20 min
+    PYTHONPATH=$PWD python tools/proto_readout.py --warm-steps 2000 --steps 1500 --init-logit -4
     PYTHONPATH=$PWD python tools/proto_readout.py --steps 20 --small               # smoke
 """
 
@@ -92,9 +98,49 @@ def evaluate(net, sets, borders) -> dict:
             row["err_obs"] = float((mean - y).square().mean().sqrt())
             row["std_obs"] = float(var.sqrt().median())
             row["nll_obs"] = float(bar_nll(logits, ty[free], borders).mean())
+            if net.target_readout:
+                h = net.reference_states(tx[free], ty[free], tx[free])
+                omega = net.target_readout_params(h, tx[free], tx[free], ty[free])[2]
+                row["mix_obs"] = float(torch.sigmoid(omega).mean())
         res[n] = row
     net.train()
     return res
+
+
+def train_steps(net, sampler, borders, steps: int, t: dict, first_step: int, lr_mult: dict,
+                sets, tag: str, log: list) -> None:
+    r"""`steps` AdamW steps on the data of steps `first_step, ...` with one cosine
+    schedule (`t`: lr, warm-up, min_lr_ratio); parameters named in `lr_mult` get that
+    multiple of the learning rate. Evaluates five times."""
+    groups = [{"params": [], "mult": 1.0}]
+    for name, prm in net.named_parameters():
+        mult = next((v for k, v in lr_mult.items() if name.startswith(k)), 1.0)
+        if mult == 1.0:
+            groups[0]["params"].append(prm)
+        else:
+            groups.append({"params": [prm], "mult": mult})
+    opt = torch.optim.AdamW(groups, lr=t["lr"], weight_decay=0.01)
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, t) * g["mult"]
+        (tx, ty, sx, sy), _, _ = sampler.sample(first_step + step)
+        loss = bar_nll(net(tx, ty, sx).float(), sy, borders).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
+            ev = evaluate(net, sets, borders)
+            log.append({"step": first_step + step + 1, "phase": tag, "eval": ev})
+            summary = " ".join(
+                f"n={n}: {r['gap_all']:.3f}"
+                + (f" err@obs {r['err_obs']:.3f}" if "err_obs" in r else "")
+                + (f" mix@obs {r['mix_obs']:.3f}" if "mix_obs" in r else "")
+                for n, r in ev.items()
+            )
+            print(f"[{tag}] step {first_step + step + 1} {time.time() - t0:.0f}s "
+                  f"loss {loss.item():.4f} gap to oracle {summary}", flush=True)
 
 
 def main() -> None:
@@ -107,6 +153,14 @@ def main() -> None:
     p.add_argument("--nlayers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", choices=["both", "plain", "readout"], default="both")
+    p.add_argument("--init-logit", type=float, default=-2.0,
+                   help="initial mixing logit of the readout (the first runs used -2)")
+    p.add_argument("--warm-steps", type=int, default=0,
+                   help="first train a plain network this many steps; then the readout "
+                   "variant grows the head into it (a warm start, as on the GPU) and both "
+                   "continue for --steps at --finetune-lr")
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--grown-lr-mult", type=float, default=20.0)
     p.add_argument("--small", action="store_true", help="smoke run")
     p.add_argument("--out", default=None, help="write OUT_<variant>.json")
     args = p.parse_args()
@@ -119,42 +173,39 @@ def main() -> None:
     ns = [5, 20, args.max_n] if not args.small else [5, 20]
     sets = eval_sets(sampler, ns, 16 if args.small else 256)
     variants = ["plain", "readout"] if args.variant == "both" else [args.variant]
+    m, t = cfg["model"], cfg["train"]
     for variant in variants:
         torch.manual_seed(args.seed)
-        m = cfg["model"]
-        # the prototype's runs started the readout at mixing weight sigmoid(-2)
-        net = PFNTransformer(borders=borders, target_readout=variant == "readout",
-                             readout_init_logit=-2.0, **m)
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg["train"]["lr"], weight_decay=0.01)
-        t0, log = time.time(), []
-        for step in range(args.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, args.steps, cfg["train"])
-            (tx, ty, sx, sy), _, _ = sampler.sample(step)
-            loss = bar_nll(net(tx, ty, sx).float(), sy, borders).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            if (step + 1) % max(1, args.steps // 5) == 0 or step + 1 == args.steps:
-                ev = evaluate(net, sets, borders)
-                log.append({"step": step + 1, "eval": ev})
-                summary = " ".join(
-                    f"n={n}: {r['gap_all']:.3f}" + (f" err@obs {r['err_obs']:.3f}" if "err_obs" in r else "")
-                    for n, r in ev.items()
-                )
-                print(f"[{variant}] step {step + 1} {time.time() - t0:.0f}s loss {loss.item():.4f} "
-                      f"gap to oracle {summary}", flush=True)
+        log: list = []
+        readout = variant == "readout"
+        if args.warm_steps > 0:
+            net = PFNTransformer(borders=borders, **m)
+            train_steps(net, sampler, borders, args.warm_steps, t, 0, {}, sets, "base", log)
+            if readout:
+                grown = PFNTransformer(borders=borders, target_readout=True,
+                                       readout_init_logit=args.init_logit, **m)
+                grown.load_state_dict(net.state_dict(), strict=False)
+                net = grown
+            t2 = {**t, "lr": args.finetune_lr, "warmup_steps": max(1, args.steps // 20)}
+            mult = {"readout_": args.grown_lr_mult}
+            train_steps(net, sampler, borders, args.steps, t2, args.warm_steps, mult, sets,
+                        variant, log)
+        else:
+            net = PFNTransformer(borders=borders, target_readout=readout,
+                                 readout_init_logit=args.init_logit, **m)
+            train_steps(net, sampler, borders, args.steps, t, 0, {}, sets, variant, log)
         if args.out:
             with open(f"{args.out}_{variant}.json", "w") as f:
                 json.dump({"args": vars(args), "log": log}, f, indent=1)
         final = log[-1]["eval"]
-        print(f"\n| {variant} | n | gap all | gap noise-free | gap noisy | err@obs | std@obs | nll@obs |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"\n| {variant} | n | gap all | gap noise-free | gap noisy | err@obs | std@obs "
+              "| nll@obs | mix@obs |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for n, r in final.items():
-            print(f"| {variant} | {n} | {r['gap_all']:.3f} | {r['gap_free']:.3f} | {r['gap_noisy']:.3f} | "
-                  f"{r.get('err_obs', float('nan')):.4f} | {r.get('std_obs', float('nan')):.4f} | "
-                  f"{r.get('nll_obs', float('nan')):.3f} |")
+            print(f"| {variant} | {n} | {r['gap_all']:.3f} | {r['gap_free']:.3f} | "
+                  f"{r['gap_noisy']:.3f} | {r.get('err_obs', float('nan')):.4f} | "
+                  f"{r.get('std_obs', float('nan')):.4f} | {r.get('nll_obs', float('nan')):.3f} "
+                  f"| {r.get('mix_obs', float('nan')):.3f} |")
 
 
 if __name__ == "__main__":
