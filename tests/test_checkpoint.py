@@ -127,36 +127,23 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
     assert not hasattr(builtins, "_PFN_PWNED")
 
 
-def test_roundtrip_metric_attention(tmp_path):
-    net = _net(metric_attention=True)
-    with torch.no_grad():
+@pytest.mark.parametrize("part", ["metric_attention", "target_readout"])
+def test_roundtrip_grown_parts(tmp_path, part):
+    net = _net(**{"metric_attention": True, part: True})
+    with torch.no_grad():  # switch the part on (it starts (nearly) off)
         for layer in net.layers:
             layer.metric_gate.normal_()
+        if part == "target_readout":
+            net.readout_head.weight.normal_(0.0, 0.1)
     save_pretrained(net, tmp_path / "m")
     loaded = load_pretrained(tmp_path / "m")
-    assert loaded.config["metric_attention"] and loaded.config == net.config
+    assert loaded.config[part] and loaded.config == net.config
     tX, tY, X = _data()
     torch.testing.assert_close(loaded(tX, tY, X), net.eval()(tX, tY, X))
-    # a plain config with metric weights is refused, naming the extra tensors
+    # a config without the part is refused, naming its tensors
     cfg = json.loads((tmp_path / "m.json").read_text())
-    del cfg["config"]["metric_attention"]
+    del cfg["config"][part]
     (tmp_path / "m.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="metric_"):
-        load_pretrained(tmp_path / "m", verify_hash=False)
-
-
-def test_roundtrip_target_readout(tmp_path):
-    net = _net(metric_attention=True, target_readout=True)
-    with torch.no_grad():
-        net.readout_head.weight.normal_(0.0, 0.1)
-    save_pretrained(net, tmp_path / "m")
-    loaded = load_pretrained(tmp_path / "m")
-    assert loaded.config["target_readout"] and loaded.config == net.config
-    tX, tY, X = _data()
-    torch.testing.assert_close(loaded(tX, tY, X), net.eval()(tX, tY, X))
-    # a config without the readout is refused, naming its tensors
-    cfg = json.loads((tmp_path / "m.json").read_text())
-    del cfg["config"]["target_readout"]
-    (tmp_path / "m.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="readout_"):
+    with pytest.raises(CheckpointError, match={"metric_attention": "metric_",
+                                               "target_readout": "readout_"}[part]):
         load_pretrained(tmp_path / "m", verify_hash=False)
