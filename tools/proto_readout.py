@@ -161,6 +161,8 @@ def main() -> None:
                    "continue for --steps at --finetune-lr")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--grown-lr-mult", type=float, default=20.0)
+    p.add_argument("--init-scale", type=float, default=100.0,
+                   help="initial per-dimension scale of the readout's metric")
     p.add_argument("--small", action="store_true", help="smoke run")
     p.add_argument("--out", default=None, help="write OUT_<variant>.json")
     args = p.parse_args()
@@ -185,6 +187,8 @@ def main() -> None:
                 grown = PFNTransformer(borders=borders, target_readout=True,
                                        readout_init_logit=args.init_logit, **m)
                 grown.load_state_dict(net.state_dict(), strict=False)
+                with torch.no_grad():
+                    grown.readout_scale.bias.fill_(math.log(args.init_scale))
                 net = grown
             t2 = {**t, "lr": args.finetune_lr, "warmup_steps": max(1, args.steps // 20)}
             mult = {"readout_": args.grown_lr_mult}
