@@ -2,6 +2,7 @@
 r"""The training pipeline on CPU: tiny config, learning, exact resume, clean stops."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -193,6 +194,38 @@ def test_warm_start_grows_a_target_readout(tmp_path):
     tX, tY, X = torch.rand(7, 3, generator=g), torch.randn(7, 1, generator=g), torch.rand(5, 3, generator=g)
     out = grown.predict(X, grown.encode_context(tX, tY))
     torch.testing.assert_close(out, grown(tX[None], tY[None], X[None])[0], atol=1e-5, rtol=0)
+
+
+def test_grown_target_readout_starts_where_the_config_says(tmp_path):
+    train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
+    src = load_pretrained(tmp_path / "a" / "model")
+    over = FAST + [f"train.init_from={json.dumps(str(tmp_path / 'a' / 'model'))}",
+                   "model.target_readout=true", "train.readout_init_logit=-2",
+                   "train.readout_init_scale=1e4", "train.lr=0", "train.min_lr_ratio=1"]  # fmt: skip
+    train("tiny", tmp_path / "b", steps=1, overrides=over, progress=False)
+    grown = load_pretrained(tmp_path / "b" / "model")
+    d = grown.config["num_features"]
+    torch.testing.assert_close(grown.readout_scale.bias, torch.full((d,), math.log(1e4)))
+    assert float(grown.readout_head.bias[2].detach()) == -2.0
+    g = torch.Generator().manual_seed(0)
+    tX, tY = torch.rand(7, 3, generator=g), torch.randn(7, 1, generator=g)
+    X = torch.cat([tX[:2], torch.rand(3, 3, generator=g)])  # two observed rows
+    ctx_g, ctx_s = grown.encode_context(tX, tY), src.encode_context(tX, tY)
+    with torch.no_grad():  # n x buckets
+        p_g, p_s = grown.predict(X, ctx_g).softmax(-1), src.predict(X, ctx_s).softmax(-1)
+    # the mixture moves at most the Gaussian's weight sigmoid(-2) of the mass ...
+    tv = 0.5 * (p_g - p_s).abs().sum(-1)
+    assert float(tv.max()) <= torch.sigmoid(torch.tensor(-2.0)) + 1e-5
+    # ... and at an observed row the nearest-row read centres it on that row's target
+    b = grown.borders
+    centre = 0.5 * (b[1:] + b[:-1])
+    shift = (p_g - p_s) @ centre  # mean moved by the Gaussian
+    toward = (tY[:2, 0] - (p_s[:2] @ centre)).sign()
+    assert bool((shift[:2] * toward > 0).all())
+    # an invalid scale is refused by name
+    with pytest.raises(ValueError, match="readout_init_scale"):
+        train("tiny", tmp_path / "c", steps=1, overrides=over[:-3] + ["train.readout_init_scale=0"],
+              progress=False)
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,13 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     # learning-rate multiplier of the parameters a warm start adds (metric attention,
     # Gaussian head): they start switched off and must move far in a short fine-tune
     grown_lr_mult=1.0,
+    # a target readout (model.target_readout) at its start: the mixing logit of its
+    # Gaussian and the scale of its metric (per input dimension; 1e4 reads the nearest
+    # context row). Grown into a trained network, a small weight with a wide metric was
+    # switched off within a few hundred steps (benchmarks/results/proto_readout_warm.md);
+    # logit -2 with a nearest-row scale kept growing (proto_readout_warm2.md)
+    readout_init_logit=-4.0,
+    readout_init_scale=100.0,
     # networks with ``noise_hint``: share of datasets whose noise variance is revealed to
     # the network (the rest train the unknown-noise predictive, as without hints)
     noise_hint_prob=0.0,
@@ -380,9 +387,30 @@ def is_grown_parameter(name: str) -> bool:
     )
 
 
-def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.device) -> PFNTransformer:
+def init_target_readout(net: PFNTransformer, logit: float, scale: float) -> None:
+    r"""Set the starting mixing logit and metric scale of `net`'s target readout.
+
+    The readout's Gaussian has weight ``sigmoid(logit)``; its metric scale (the same for
+    every input dimension) is ``scale``. The token-dependent parts stay zero.
+    """
+    if not net.target_readout:
+        return
+    if not scale > 0:
+        raise ValueError(f"train.readout_init_scale must be positive, got {scale}.")
+    with torch.no_grad():
+        net.readout_scale.bias.fill_(math.log(scale))
+        net.readout_head.bias[2] = logit
+
+
+def warm_start_network(
+    source: str,
+    model_cfg: dict[str, Any],
+    device: torch.device,
+    train_cfg: Optional[dict[str, Any]] = None,
+) -> PFNTransformer:
     r"""The network of checkpoint `source` (``"default"``: the shipped one) as the
-    starting point of a run, in float32 on `device`.
+    starting point of a run, in float32 on `device`. A grown target readout starts with
+    `train_cfg`'s ``readout_init_logit`` and ``readout_init_scale``.
 
     Raises:
         ValueError: If its architecture differs from `model_cfg` (names each field).
@@ -397,6 +425,12 @@ def warm_start_network(source: str, model_cfg: dict[str, Any], device: torch.dev
         missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
         assert not unexpected and all(is_grown_parameter(k) for k in missing), missing
         grown.checkpoint_metadata = getattr(net, "checkpoint_metadata", {})
+        if add.get("target_readout") and train_cfg is not None:
+            init_target_readout(
+                grown,
+                train_cfg.get("readout_init_logit", -4.0),
+                train_cfg.get("readout_init_scale", 100.0),
+            )
         net = grown
     diff = {
         k: (v, net.config.get(k)) for k, v in model_cfg.items() if net.config.get(k) != v
@@ -497,7 +531,7 @@ def train(
     sampler = PriorSampler(cfg, dev, rank, world)
 
     if not resume and t.get("init_from"):
-        net = warm_start_network(t["init_from"], cfg["model"], dev)
+        net = warm_start_network(t["init_from"], cfg["model"], dev, t)
         src = None if t["init_from"] == "default" else t["init_from"]
         meta0 = net.checkpoint_metadata or {}
         step0 = meta0.get("step", meta0.get("training", {}).get("steps"))
@@ -524,6 +558,7 @@ def train(
             dist.broadcast(b, 0)
             borders = b.cpu()
         net = PFNTransformer(**cfg["model"], borders=borders).to(dev)
+        init_target_readout(net, t["readout_init_logit"], t["readout_init_scale"])
         net.train()
     net.metric_expanded = bool(t.get("metric_expanded", False))
     model = net
