@@ -40,3 +40,27 @@ def test_quality_nll_modes(tmp_path):
     kn = _run(*common, "--known-noise", "--no-stgp", "--out", str(tmp_path / "e"))
     assert kn.returncode == 0, kn.stderr[-2000:]
     assert "units check" in (tmp_path / "e.md").read_text()
+
+
+def test_grid_floor_is_the_discretised_oracle():
+    import math
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from quality_nll import gauss_nll, grid_nll
+
+    g = torch.Generator().manual_seed(0)
+    mu, y = torch.randn(3, 40, generator=g, dtype=torch.float64), torch.randn(3, 40, generator=g, dtype=torch.float64)
+    var = torch.full_like(mu, 0.3**2)
+    mean, std = torch.full((3, 1), 0.5, dtype=torch.float64), torch.full((3, 1), 2.0, dtype=torch.float64)
+    fine = torch.linspace(-6.0, 6.0, 20001, dtype=torch.float64)  # buckets of 6e-4 std
+    diff = grid_nll(mu, var, y, mean, std, fine) - gauss_nll(mu, var, y)
+    # within a bucket the density's slope moves a point's NLL (first order in the width);
+    # over many points that averages out
+    assert float(diff.abs().max()) < 0.05 and abs(float(diff.mean())) < 2e-3
+    # on coarse buckets a sharp predictive pays about log(width / (sqrt(2 pi e) sd))
+    coarse = torch.linspace(-6.0, 6.0, 13, dtype=torch.float64)  # width 1 std = 2 raw
+    sharp = torch.full_like(mu, 1e-4)
+    gap = (grid_nll(mu, sharp, mu, mean, std, coarse) - gauss_nll(mu, sharp, mu)).mean()
+    assert float(gap) > math.log(2.0 / (math.sqrt(2 * math.pi) * 1e-2)) - 1.0
