@@ -127,7 +127,7 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
     assert not hasattr(builtins, "_PFN_PWNED")
 
 
-@pytest.mark.parametrize("part", ["metric_attention", "target_readout"])
+@pytest.mark.parametrize("part", ["metric_attention", "target_readout", "gp_head"])
 def test_roundtrip_grown_parts(tmp_path, part):
     net = _net(**{"metric_attention": True, part: True})
     with torch.no_grad():  # switch the part on (it starts (nearly) off)
@@ -135,6 +135,9 @@ def test_roundtrip_grown_parts(tmp_path, part):
             layer.metric_gate.normal_()
         if part == "target_readout":
             net.readout_head.weight.normal_(0.0, 0.1)
+        if part == "gp_head":
+            net.gp.hyper.weight.normal_(0.0, 0.1)
+            net.gp.mix.bias.fill_(0.0)
     save_pretrained(net, tmp_path / "m")
     loaded = load_pretrained(tmp_path / "m")
     assert loaded.config[part] and loaded.config == net.config
@@ -143,7 +146,9 @@ def test_roundtrip_grown_parts(tmp_path, part):
     # a config without the part is refused, naming its tensors
     cfg = json.loads((tmp_path / "m.json").read_text())
     del cfg["config"][part]
+    cfg["config"].pop("gp_particles", None)
     (tmp_path / "m.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match={"metric_attention": "metric_",
-                                               "target_readout": "readout_"}[part]):
+                                               "target_readout": "readout_",
+                                               "gp_head": "gp."}[part]):
         load_pretrained(tmp_path / "m", verify_hash=False)

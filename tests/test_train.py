@@ -196,6 +196,20 @@ def test_warm_start_grows_a_target_readout(tmp_path):
     torch.testing.assert_close(out, grown(tX[None], tY[None], X[None])[0], atol=1e-5, rtol=0)
 
 
+def test_warm_start_grows_a_gp_head(tmp_path):
+    train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
+    over = FAST + [f"train.init_from={json.dumps(str(tmp_path / 'a' / 'model'))}",
+                   "model.gp_head=true", "model.gp_particles=2", "train.lr=1e-3"]  # fmt: skip
+    train("tiny", tmp_path / "b", steps=3, overrides=over, progress=False)
+    grown = load_pretrained(tmp_path / "b" / "model")
+    assert grown.gp_head and grown.config["gp_particles"] == 2
+    assert float(grown.gp.hyper.weight.detach().abs().max()) > 0  # it trained
+    g = torch.Generator().manual_seed(0)
+    tX, tY, X = torch.rand(7, 3, generator=g), torch.randn(7, 1, generator=g), torch.rand(5, 3, generator=g)
+    out = grown.predict(X, grown.encode_context(tX, tY))
+    torch.testing.assert_close(out, grown(tX[None], tY[None], X[None])[0], atol=1e-5, rtol=0)
+
+
 def test_grown_target_readout_starts_where_the_config_says(tmp_path):
     train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
     src = load_pretrained(tmp_path / "a" / "model")

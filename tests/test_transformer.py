@@ -19,6 +19,8 @@ VARIANTS = {
     "metric+gauss": {"metric_attention": True, "gaussian_head": True},
     "readout": {"target_readout": True},
     "metric+readout": {"metric_attention": True, "target_readout": True},
+    "gp": {"gp_head": True},
+    "metric+gp": {"metric_attention": True, "gp_head": True, "gp_particles": 3},
 }
 
 

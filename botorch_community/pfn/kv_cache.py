@@ -15,7 +15,7 @@ sharing one network never see each other's context.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable, Optional
+from typing import Any, Hashable, Optional
 
 import torch
 from torch import Tensor
@@ -43,6 +43,9 @@ class KVCache:
             context targets (``target_readout``); None otherwise.
         context_Y: `batch_shape x n x 1` standardised context targets (NaN: missing),
             kept for networks with ``target_readout``; None otherwise.
+        gp_fit: The GP head's fit (:class:`~botorch_community.pfn.gp_head.GPFit`,
+            batch flattened to `prod(batch_shape)`), for networks with ``gp_head``;
+            None otherwise or for an empty context.
     """
 
     keys: tuple[Tensor, ...]
@@ -54,6 +57,7 @@ class KVCache:
     extras: dict = field(default_factory=dict)
     context_X: Optional[Tensor] = None
     context_Y: Optional[Tensor] = None
+    gp_fit: Optional[Any] = None
 
     @property
     def num_layers(self) -> int:
@@ -70,6 +74,8 @@ class KVCache:
     def nbytes(self) -> int:
         r"""Memory held by the cached tensors, in bytes."""
         extra = tuple(t for t in (self.context_X, self.context_Y) if t is not None)
+        if self.gp_fit is not None:
+            extra = extra + tuple(self.gp_fit.tensors())
         return sum(
             t.numel() * t.element_size() for t in (*self.keys, *self.values, *extra)
         )

@@ -57,6 +57,10 @@ def random_pfn(
                 net.readout_scale.bias.normal_(2.0, 0.5)
                 net.readout_head.weight.normal_(0.0, 0.1)
                 net.readout_head.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))
+            if net.gp_head:  # context-dependent particles, a visible GP part
+                net.gp.hyper.weight.normal_(0.0, 0.1)
+                net.gp.mix.weight.normal_(0.0, 0.1)
+                net.gp.mix.bias.fill_(0.0)
     finally:
         torch.random.set_rng_state(gen_state)
     return net.eval()

@@ -377,13 +377,13 @@ def load_checkpoint(out: Path, device: torch.device):
 
 # -------------------------------------------------------------------------- training
 #: Architecture options a warm start may switch on in a network that lacks them.
-GROWABLE = ("metric_attention", "gaussian_head", "noise_hint", "target_readout")
+GROWABLE = ("metric_attention", "gaussian_head", "noise_hint", "target_readout", "gp_head")
 
 
 def is_grown_parameter(name: str) -> bool:
     r"""Whether a parameter belongs to a part a warm start can add (see ``GROWABLE``)."""
     return ".metric_" in name or name.startswith(
-        ("gauss_head", "noise_encoder", "readout_norm", "readout_scale", "readout_head")
+        ("gauss_head", "noise_encoder", "readout_norm", "readout_scale", "readout_head", "gp.")
     )
 
 
@@ -421,6 +421,8 @@ def warm_start_network(
         # grow the network: the added parts start (nearly) switched off, so the grown
         # network computes (nearly) what the source did
         cfg = {**net.config, **add}
+        if add.get("gp_head"):
+            cfg["gp_particles"] = model_cfg.get("gp_particles", 4)
         grown = PFNTransformer(**cfg, borders=net.borders.detach().clone()).to(device)
         missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
         assert not unexpected and all(is_grown_parameter(k) for k in missing), missing

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
+from botorch_community.pfn.gp_head import GPHead
 from botorch_community.pfn.kv_cache import KVCache
 
 
@@ -282,6 +283,9 @@ class PFNTransformer(nn.Module):
         noise_hint: bool = False,
         target_readout: bool = False,
         readout_init_logit: float = -4.0,
+        gp_head: bool = False,
+        gp_particles: int = 4,
+        gp_init_logit: float = -2.0,
     ) -> None:
         r"""
         Args:
@@ -328,6 +332,16 @@ class PFNTransformer(nn.Module):
             readout_init_logit: Initial mixing logit of the readout's Gaussian (an
                 initialisation only, not part of the config): a grown network starts
                 at weight `sigmoid(-4) = 0.018`, i.e. close to its source.
+            gp_head: Mix into the output a mixture of GP predictives whose
+                hyperparameter particles the network proposes from its context token
+                and weights by their marginal likelihood
+                (:class:`~botorch_community.pfn.gp_head.GPHead`): exact GP algebra for
+                what a bar distribution decoded from a token finds hardest, sharp
+                predictions of nearly noise-free data. The fit is kept in the
+                :class:`KVCache`.
+            gp_particles: The number of hyperparameter particles of the GP head.
+            gp_init_logit: Initial mixing logit of the GP head (an initialisation only,
+                not part of the config).
         """
         super().__init__()
         if borders is None:
@@ -357,8 +371,12 @@ class PFNTransformer(nn.Module):
             self.config["noise_hint"] = True
         if target_readout:
             self.config["target_readout"] = True
+        if gp_head:
+            self.config["gp_head"] = True
+            self.config["gp_particles"] = int(gp_particles)
         self.noise_hint = bool(noise_hint)
         self.target_readout = bool(target_readout)
+        self.gp_head = bool(gp_head)
         self.metric_attention = bool(metric_attention)
         #: Compute the metric term in expanded form (:func:`expanded_metric_dist`):
         #: the same function up to round-off, without the `B x q x n x d` squared
@@ -408,6 +426,8 @@ class PFNTransformer(nn.Module):
             nn.init.zeros_(self.readout_head.weight)
             with torch.no_grad():
                 self.readout_head.bias.copy_(torch.tensor([0.0, -3.0, readout_init_logit]))
+        if gp_head:
+            self.gp = GPHead(emsize, num_features, gp_particles, gp_init_logit)
 
     # ------------------------------------------------------------------ output
     def output_log_probs(
@@ -695,12 +715,29 @@ class PFNTransformer(nn.Module):
         """
         if kv_cache is not None:
             return self.predict(test_X, kv_cache)
-        h = self.reference_states(train_X, train_Y, test_X, train_Yvar)
+        token, h = self._reference_token_and_states(train_X, train_Y, test_X, train_Yvar)
         readout = None
+        train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
         if self.target_readout:
-            train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
             readout = self.target_readout_params(h, test_X, train_X, train_Y)
-        return self.output_log_probs(h, readout)
+        logits = self.output_log_probs(h, readout)
+        if self.gp_head and train_X.shape[-2] > 0:
+            n, d, m = train_X.shape[-2], train_X.shape[-1], test_X.shape[-2]
+            fit = self.gp.fit(token.reshape(-1, token.shape[-1]), train_X.reshape(-1, n, d),
+                              train_Y.reshape(-1, n, 1))  # fmt: skip
+            logits = self._mix_gp(logits, h, fit, test_X.reshape(-1, m, d))
+        return logits
+
+    def _mix_gp(self, logits: Tensor, h: Tensor, fit: Optional[Any], query_X: Tensor) -> Tensor:
+        r"""The GP head's mixture mixed into `logits` (`batch_shape x m x K`), for test
+        states `h` and inputs `query_X` (`b x m x d`, `b = prod(batch_shape)`)."""
+        if fit is None:  # empty context
+            return logits
+        shape = logits.shape
+        m, e = h.shape[-2:]
+        log_q, omega = self.gp.log_probs(h.reshape(-1, m, e), fit, query_X, self.borders)
+        out = GPHead.mix_into(logits.reshape(-1, m, shape[-1]), log_q, omega)
+        return out.reshape(shape)
 
     def reference_states(
         self,
@@ -721,6 +758,17 @@ class PFNTransformer(nn.Module):
         Returns:
             `b x m x emsize`.
         """
+        return self._reference_token_and_states(train_X, train_Y, test_X, train_Yvar)[1]
+
+    def _reference_token_and_states(
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        test_X: Tensor,
+        train_Yvar: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Tensor]:
+        r"""Final states of the context token (`b x emsize`) and of the test tokens
+        (`b x m x emsize`) on the reference path."""
         train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
         if train_X.shape[:-2] != test_X.shape[:-2]:
             raise ValueError(
@@ -743,7 +791,7 @@ class PFNTransformer(nn.Module):
             k, v = layer.context_kv(h[:, :n_ctx])
             h = layer.attend(h, k, v, sqdist, token_row=True)
         h = h.reshape(*batch_shape, *h.shape[-2:])
-        return h[..., n_ctx:, :]
+        return h[..., 0, :], h[..., n_ctx:, :]
 
     # ------------------------------------------------------------------- dtype
     @property
@@ -838,6 +886,7 @@ class PFNTransformer(nn.Module):
             values.append(v.reshape(*batch_shape, *v.shape[1:]))
             if i < len(self.layers) - 1:  # the last layer's context output is unused
                 h = layer.attend(h, k, v, sqdist, token_row=True)
+        gp_fit = self._gp_fit_context(h, k, v, tX, train_Y)
         return KVCache(
             keys=tuple(keys),
             values=tuple(values),
@@ -845,9 +894,31 @@ class PFNTransformer(nn.Module):
             num_context=train_X.shape[-2],
             network_state=self.weights_state(),
             fingerprint=fingerprint,
-            context_X=train_X if self.metric_attention or self.target_readout else None,
+            context_X=train_X if self._needs_context_X else None,
             context_Y=train_Y if self.target_readout else None,
+            gp_fit=gp_fit,
         )
+
+    @property
+    def _needs_context_X(self) -> bool:
+        return self.metric_attention or self.target_readout or self.gp_head
+
+    def _gp_fit_context(
+        self, h: Tensor, k_last: Tensor, v_last: Tensor, context_X: Tensor, context_Y: Tensor
+    ) -> Optional[Any]:
+        r"""The GP head's fit to flattened contexts (None without the head).
+
+        Args:
+            h: `b x (n + 1) x e` context states entering the last layer.
+            k_last, v_last: The last layer's context keys/values.
+            context_X: `b x n x d`; context_Y: `... x n x 1` (reshaped to `b`).
+        """
+        if not self.gp_head:
+            return None
+        # the context token's final state: the last layer, for that row alone
+        token = self.layers[-1].attend(h[:, :1], k_last, v_last)[:, 0]  # `b x e`
+        b, n, d = context_X.shape
+        return self.gp.fit(token, context_X, context_Y.reshape(b, n, 1))
 
     def extend_context(
         self,
@@ -912,6 +983,13 @@ class PFNTransformer(nn.Module):
             values.append(val.reshape(*batch_shape, *val.shape[1:]))
             if i < len(self.layers) - 1:
                 h = layer.attend(h, key, val, sqdist, token_row=True)
+        gp_fit = None
+        if self.gp_head:
+            all_Y = torch.cat([ctx_Y.expand(Bf, -1, -1), extra_Y.reshape(Bf, k, 1)], dim=-2)
+            gp_fit = self._gp_fit_context(
+                h, key.reshape(Bf, *key.shape[-3:]), val.reshape(Bf, *val.shape[-3:]),
+                all_X, all_Y,
+            )  # fmt: skip
         return KVCache(
             keys=tuple(keys),
             values=tuple(values),
@@ -920,7 +998,7 @@ class PFNTransformer(nn.Module):
             network_state=self.weights_state(),
             context_X=(
                 all_X.reshape(*batch_shape, *all_X.shape[-2:])
-                if self.metric_attention or self.target_readout
+                if self._needs_context_X
                 else None
             ),
             context_Y=(
@@ -929,6 +1007,7 @@ class PFNTransformer(nn.Module):
                 if self.target_readout
                 else None
             ),
+            gp_fit=gp_fit,
         )
 
     def predict(self, test_X: Tensor, kv_cache: KVCache) -> Tensor:
@@ -958,10 +1037,10 @@ class PFNTransformer(nn.Module):
         h = self.encode_x(test_X)  # `S x m x e`
         h, restore = _to_cache_layout(h, kv_cache.batch_shape)  # `Bc x M x e`
         sqdist, readout = None, None
-        if self.metric_attention or self.target_readout:
+        if self._needs_context_X:
             if kv_cache.context_X is None or (
                 self.target_readout and kv_cache.context_Y is None
-            ):
+            ) or (self.gp_head and kv_cache.gp_fit is None and kv_cache.num_context > 0):
                 raise RuntimeError("This KVCache lacks the context data the network needs.")
             if kv_cache.context_X.shape[-1] != test_X.shape[-1]:
                 raise ValueError(
@@ -978,7 +1057,10 @@ class PFNTransformer(nn.Module):
         if self.target_readout:
             cY = kv_cache.context_Y.reshape(h.shape[0], -1, 1)
             readout = self.target_readout_params(h, qX, cX, cY)
-        return restore(self.output_log_probs(h, readout))
+        logits = self.output_log_probs(h, readout)
+        if self.gp_head:
+            logits = self._mix_gp(logits, h, kv_cache.gp_fit, qX)
+        return restore(logits)
 
 
 def _log_gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+r"""A GP output head whose hyperparameters the network infers from the context.
+
+Under a GP prior the Bayes predictive that a PFN approximates is a mixture of GP
+predictives over the posterior of the hyperparameters:
+
+.. math::
+    p(y \mid x, D) = \int p(y \mid x, D, \theta)\, p(\theta \mid D)\, d\theta
+        \approx \sum_{j=1}^J \pi_j\, \mathcal N\big(y;\ \mu_j(x), v_j(x)\big).
+
+:class:`GPHead` lets the network propose `J` hyperparameter particles `theta_j` (ARD
+lengthscales, outputscale and noise variance; Matérn-5/2 kernels for even `j`, RBF for
+odd `j`) from the final state of its learned context token, weights them by a learned
+logit plus their log marginal likelihood, `log pi_j = a_j + log p(y | X, theta_j) + c`
+(so the weights follow the posterior where the proposals are good), and mixes the
+discretised GP mixture into the bar distribution with a weight predicted per test point.
+Exact GP algebra gives what a bar distribution decoded from a token finds hardest: sharp,
+exact predictions at and between the observations of nearly noise-free data.
+
+The fit (Cholesky factors of the `n x n` kernel matrices, :class:`GPFit`) depends on the
+context only, so it is computed once per context and kept in the
+:class:`~botorch_community.pfn.kv_cache.KVCache`. All GP algebra runs in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn, Tensor
+from torch.nn import functional as F
+
+#: Smallest noise variance of a particle (standardised targets): the smallest the
+#: training prior draws, relative to its outputscale.
+GP_MIN_NOISE = 1e-6
+#: Diagonal jitter relative to a particle's outputscale.
+GP_JITTER = 1e-8
+
+
+@dataclass(eq=False)
+class GPFit:
+    r"""The GP particles of a batch of contexts, fitted to their targets (float64).
+
+    Attributes:
+        X: `b x n x d` context inputs.
+        inv_lengthscale: `b x J x d`.
+        outputscale: `b x J`.
+        noise: `b x J` noise variances.
+        L: `b x J x n x n` Cholesky factors of `K + noise I` (identity rows for
+            missing targets).
+        alpha: `b x J x n`, `(K + noise I)^{-1} y` (zero for missing targets).
+        log_weights: `b x J` normalised particle log-weights.
+        observed: `b x n`, 1 for a known target, 0 for a missing one.
+    """
+
+    X: Tensor
+    inv_lengthscale: Tensor
+    outputscale: Tensor
+    noise: Tensor
+    L: Tensor
+    alpha: Tensor
+    log_weights: Tensor
+    observed: Tensor
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.X, self.inv_lengthscale, self.outputscale, self.noise, self.L,
+                self.alpha, self.log_weights, self.observed)  # fmt: skip
+
+    def reshape(self, b: int) -> "GPFit":
+        r"""The same fit with its batch dimensions flattened to `b`."""
+        lead = self.X.dim() - 2  # batch dims of the fit
+        return GPFit(*(t.reshape(b, *t.shape[lead:]) for t in self.tensors()))
+
+
+def unit_kernel(r2: Tensor, matern: Tensor) -> Tensor:
+    r"""Unit-variance Matérn-5/2 (where `matern`) or RBF kernel of scaled squared
+    distances `r2`, with finite gradients at `r2 = 0`."""
+    r = r2.clamp_min(1e-30).sqrt() * math.sqrt(5.0)
+    mat = (1.0 + r + r.square() / 3.0) * torch.exp(-r)
+    return torch.where(matern, mat, torch.exp(-0.5 * r2))
+
+
+def _sqdist(A: Tensor, B: Tensor) -> Tensor:
+    r"""`... x p x q` squared distances of `... x p x d` and `... x q x d` (float64, so
+    the expanded form's cancellation stays far below float32 round-off)."""
+    sq = A.square().sum(-1, keepdim=True) + B.square().sum(-1).unsqueeze(-2)
+    return (sq - 2.0 * A @ B.transpose(-1, -2)).clamp_min(0.0)
+
+
+class GPHead(nn.Module):
+    r"""GP particles from the context token, and their mixture at test points."""
+
+    def __init__(
+        self, emsize: int, num_features: int, particles: int = 4, init_logit: float = -2.0
+    ) -> None:
+        r"""
+        Args:
+            emsize: Token embedding size.
+            num_features: The most input dimensions of the network.
+            particles: `J`, the number of hyperparameter particles.
+            init_logit: Initial logit of the GP mixture's weight in the output.
+        """
+        super().__init__()
+        if particles < 1:
+            raise ValueError(f"gp_particles must be at least 1, got {particles}.")
+        self.num_features, self.particles = num_features, particles
+        J, nf = particles, num_features
+        self.norm = nn.LayerNorm(emsize)
+        # per particle: nf log lengthscales, log outputscale, log noise, weight logit.
+        # A zero map plus spread biases: at the start the particles are fixed guesses
+        # (lengthscales 0.14 .. 1 x sqrt(d), noise 5e-5 .. 0.14), weighted by their
+        # marginal likelihood.
+        self.hyper = nn.Linear(emsize, J * (nf + 3))
+        nn.init.zeros_(self.hyper.weight)
+        with torch.no_grad():
+            bias = self.hyper.bias.view(J, nf + 3)
+            bias[:, :nf] = torch.linspace(-2.0, 0.0, J).unsqueeze(-1)
+            bias[:, nf] = 0.0
+            bias[:, nf + 1] = torch.linspace(-10.0, -2.0, J)
+            bias[:, nf + 2] = 0.0
+        # mixing logit of the GP part from the test token and the mixture's log std
+        self.mix_norm = nn.LayerNorm(emsize)
+        self.mix = nn.Linear(emsize + 1, 1)
+        nn.init.zeros_(self.mix.weight)
+        nn.init.constant_(self.mix.bias, init_logit)
+
+    def fit(self, token: Tensor, context_X: Tensor, context_Y: Tensor) -> Optional[GPFit]:
+        r"""Fit the particles to a batch of contexts.
+
+        Args:
+            token: `b x e` final states of the context token.
+            context_X: `b x n x d` inputs.
+            context_Y: `b x n x 1` standardised targets (NaN: missing).
+
+        Returns:
+            A :class:`GPFit`, or None for an empty context (`n = 0`).
+        """
+        b, n, d = context_X.shape
+        if n == 0:
+            return None
+        f64, J, nf = torch.float64, self.particles, self.num_features
+        with torch.autocast(token.device.type, enabled=False):
+            z = self.norm(token.to(self.norm.weight.dtype))
+            raw = self.hyper(z).view(b, J, nf + 3).to(f64)
+            # lengthscales grow like sqrt(d), as in the prior
+            log_ls = (raw[..., :d] + 0.5 * math.log(max(d, 1))).clamp(-7.0, 7.0)
+            os = raw[..., nf].clamp(-7.0, 4.0).exp()  # `b x J`
+            noise = raw[..., nf + 1].clamp(math.log(GP_MIN_NOISE), 2.0).exp()
+            X = context_X.to(f64)
+            y = context_Y.to(f64).squeeze(-1)  # `b x n`
+            observed = (~torch.isnan(y)).to(f64)
+            y = torch.nan_to_num(y, nan=0.0)
+            inv_ls = torch.exp(-log_ls)  # `b x J x d`
+            Z = X.unsqueeze(1) * inv_ls.unsqueeze(-2)  # `b x J x n x d`
+            matern = self._is_matern(token.device)
+            om = observed.unsqueeze(1)  # `b x 1 x n`
+            K = unit_kernel(_sqdist(Z, Z), matern) * os[..., None, None]
+            K = K * om.unsqueeze(-1) * om.unsqueeze(-2)  # missing rows/cols: 0
+            diag = torch.where(om > 0, (noise + GP_JITTER * os).unsqueeze(-1), 1.0)
+            L = torch.linalg.cholesky(K + torch.diag_embed(diag))
+            yj = y.unsqueeze(1).expand(b, J, n)
+            alpha = torch.cholesky_solve(yj.unsqueeze(-1), L).squeeze(-1)  # `b x J x n`
+            lml = (
+                -0.5 * (yj * alpha).sum(-1)
+                - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+                - 0.5 * observed.sum(-1, keepdim=True) * math.log(2 * math.pi)
+            )  # `b x J`
+            log_w = torch.log_softmax(raw[..., nf + 2] + lml, dim=-1)
+        return GPFit(X, inv_ls, os, noise, L, alpha, log_w, observed)
+
+    def _is_matern(self, device: torch.device) -> Tensor:
+        return (torch.arange(self.particles, device=device) % 2 == 0).view(1, -1, 1, 1)
+
+    def predict(self, fit: GPFit, query_X: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Means and variances of the particles' predictives of noisy targets.
+
+        Args:
+            fit: From :meth:`fit`, batch `b`.
+            query_X: `b x m x d`.
+
+        Returns:
+            `(mu, var)`, each `b x J x m` (float64).
+        """
+        with torch.autocast(query_X.device.type, enabled=False):
+            Zq = query_X.to(torch.float64).unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)
+            Z = fit.X.unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)
+            os = fit.outputscale[..., None, None]
+            ks = unit_kernel(_sqdist(Zq, Z), self._is_matern(query_X.device)) * os
+            ks = ks * fit.observed[:, None, None, :]  # `b x J x m x n`
+            mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1)
+            v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
+            var = (fit.outputscale.unsqueeze(-1) - v.square().sum(-2)).clamp_min(0.0)
+            var = var + fit.noise.unsqueeze(-1)
+        return mu, var
+
+    def log_probs(
+        self, h: Tensor, fit: GPFit, query_X: Tensor, borders: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        r"""The GP mixture on the buckets, and its mixing logit in the output.
+
+        Args:
+            h: `b x m x e` final test-token states.
+            fit: From :meth:`fit`, batch `b`.
+            query_X: `b x m x d`.
+            borders: `K + 1` bucket borders (standardised).
+
+        Returns:
+            `(log_q, omega)`: `b x m x K` log bucket probabilities (float64) and the
+            `b x m` mixing logits (float64).
+        """
+        from botorch_community.pfn.transformer import _log_gaussian_bucket_probs
+
+        mu, var = self.predict(fit, query_X)  # `b x J x m`
+        with torch.autocast(h.device.type, enabled=False):
+            f64 = torch.float64
+            log_q = _log_gaussian_bucket_probs(mu, var.sqrt(), borders.to(f64))
+            log_w = fit.log_weights[..., None, None]  # `b x J x 1 x 1`
+            log_q = torch.logsumexp(log_w + log_q, dim=1)  # `b x m x K`
+            w = fit.log_weights.exp().unsqueeze(-1)  # `b x J x 1`
+            m1 = (w * mu).sum(1)
+            m2 = (w * (var + mu.square())).sum(1)
+            log_sd = 0.5 * (m2 - m1.square()).clamp_min(1e-12).log()  # `b x m`
+            z = self.mix_norm(h.to(self.mix_norm.weight.dtype))
+            feats = torch.cat([z, log_sd.unsqueeze(-1).to(z.dtype)], dim=-1)
+            omega = self.mix(feats).squeeze(-1).to(f64)
+        return log_q, omega
+
+    @staticmethod
+    def mix_into(logits: Tensor, log_q: Tensor, omega: Tensor) -> Tensor:
+        r"""`(1 - w) softmax(logits) + w q` as log-probabilities, `w = sigmoid(omega)`
+        (in the dtype of `logits`, at least float32)."""
+        with torch.autocast(logits.device.type, enabled=False):
+            f64 = torch.float64
+            out = torch.logaddexp(
+                torch.log_softmax(logits.to(f64), -1) + F.logsigmoid(-omega).unsqueeze(-1),
+                log_q + F.logsigmoid(omega).unsqueeze(-1),
+            )
+        return out.to(torch.promote_types(logits.dtype, torch.float32))

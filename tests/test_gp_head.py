@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+r"""The GP head: exact GP algebra, marginal-likelihood weights, missing targets, and a
+start near the plain network."""
+
+import math
+
+import pytest
+import torch
+from gpytorch.kernels import MaternKernel, RBFKernel
+
+from botorch_community.pfn.gp_head import GP_JITTER, GPHead
+from botorch_community.pfn.testing import random_pfn
+from botorch_community.pfn.transformer import PFNTransformer
+
+
+def _head_with(ls, os, noise, d, num_features=4, emsize=8):
+    r"""A head whose two particles (Matérn, RBF) have fixed hyperparameters."""
+    head = GPHead(emsize, num_features, particles=2).double()
+    nf = num_features
+    with torch.no_grad():
+        head.hyper.weight.zero_()
+        bias = head.hyper.bias.view(2, nf + 3)
+        for j in range(2):
+            bias[j, :d] = torch.as_tensor(ls[j]).log() - 0.5 * math.log(d)
+            bias[j, nf] = math.log(os[j])
+            bias[j, nf + 1] = math.log(noise[j])
+            bias[j, nf + 2] = 0.0
+    return head
+
+
+def _data(n=7, d=3, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(b, n, d, generator=g, dtype=torch.float64)
+    Y = torch.sin(6 * X.sum(-1, keepdim=True)) + 0.1 * torch.randn(b, n, 1, generator=g, dtype=torch.float64)
+    Xq = torch.rand(b, 5, d, generator=g, dtype=torch.float64)
+    return X, Y, Xq
+
+
+def test_particles_are_exact_gps_weighted_by_marginal_likelihood():
+    d = 3
+    ls = [[0.3, 0.5, 0.8], [0.4, 0.2, 1.0]]
+    os, noise = [1.3, 0.7], [1e-3, 0.05]
+    head = _head_with(ls, os, noise, d)
+    X, Y, Xq = _data(d=d)
+    fit = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y)
+    mu, var = head.predict(fit, Xq)  # `b x J x m`
+    lml = []
+    for j, kern in enumerate([MaternKernel(nu=2.5, ard_num_dims=d), RBFKernel(ard_num_dims=d)]):
+        kern = kern.double()
+        kern.lengthscale = torch.tensor(ls[j], dtype=torch.float64)
+        with torch.no_grad():
+            K = kern(X).to_dense() * os[j] + (noise[j] + GP_JITTER * os[j]) * torch.eye(7)
+            ks = kern(Xq, X).to_dense() * os[j]
+            mu_ref = (ks @ torch.linalg.solve(K, Y)).squeeze(-1)
+            var_ref = os[j] - (ks * torch.linalg.solve(K, ks.transpose(-1, -2)).transpose(-1, -2)).sum(-1) + noise[j]
+            lml.append(torch.distributions.MultivariateNormal(torch.zeros(7, dtype=torch.float64), K).log_prob(Y.squeeze(-1)))
+        torch.testing.assert_close(mu[:, j], mu_ref, atol=1e-7, rtol=1e-6)
+        torch.testing.assert_close(var[:, j], var_ref, atol=1e-7, rtol=1e-6)
+    # zero learned logits: the weights are the normalised marginal likelihoods
+    torch.testing.assert_close(fit.log_weights, torch.log_softmax(torch.stack(lml, -1), -1))
+
+
+def test_missing_targets_are_dropped_rows():
+    head = _head_with([[0.3] * 3, [0.5] * 3], [1.0, 2.0], [1e-4, 0.1], d=3)
+    with torch.no_grad():  # context-dependent particles
+        head.hyper.weight.normal_(0.0, 0.1)
+    X, Y, Xq = _data()
+    token = torch.randn(2, 8, dtype=torch.float64)
+    Y_nan = Y.clone()
+    Y_nan[:, 2] = float("nan")
+    keep = [i for i in range(7) if i != 2]
+    fit_nan = head.fit(token, X, Y_nan)
+    fit_drop = head.fit(token, X[:, keep], Y[:, keep])
+    for a, b in zip(head.predict(fit_nan, Xq), head.predict(fit_drop, Xq)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(fit_nan.log_weights, fit_drop.log_weights, atol=1e-10, rtol=0)
+
+
+def test_noise_free_particle_interpolates():
+    head = _head_with([[0.4] * 2, [0.4] * 2], [1.0, 1.0], [1e-6, 1e-6], d=2)
+    X, _, _ = _data(d=2, n=10)
+    Y = torch.sin(3 * X.sum(-1, keepdim=True))  # a smooth, noise-free objective
+    fit = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y)
+    mu, var = head.predict(fit, X)
+    torch.testing.assert_close(mu, Y.squeeze(-1).unsqueeze(1).expand_as(mu), atol=1e-4, rtol=0)
+    assert float(var.max()) < 1e-4
+
+
+def test_gp_head_starts_near_the_plain_network():
+    plain = random_pfn(num_features=5, emsize=32, nlayers=2, nhead=4, nhid=48,
+                       metric_attention=True)  # fmt: skip
+    grown = PFNTransformer(**{**plain.config, "gp_head": True}, borders=plain.borders)
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("gp.") for k in missing)
+    grown.eval()
+    g = torch.Generator().manual_seed(3)
+    tX, tY, X = torch.rand(9, 3, generator=g), torch.randn(9, 1, generator=g), torch.rand(6, 3, generator=g)
+    p_plain = plain.predict(X, plain.encode_context(tX, tY)).softmax(-1)
+    p_grown = grown.predict(X, grown.encode_context(tX, tY)).softmax(-1)
+    tv = 0.5 * (p_grown - p_plain).abs().sum(-1)
+    w = float(torch.sigmoid(torch.tensor(-2.0)))
+    assert 0 < float(tv.max()) <= w + 1e-6
+
+
+def test_gp_head_validation_and_config():
+    with pytest.raises(ValueError, match="gp_particles"):
+        PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2, nhid=16,
+                       num_buckets=10, gp_head=True, gp_particles=0)  # fmt: skip
+    net = PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2, nhid=16,
+                         num_buckets=10, gp_head=True, gp_particles=3)  # fmt: skip
+    assert net.config["gp_head"] and net.config["gp_particles"] == 3
+    assert "gp_head" not in PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2,
+                                           nhid=16, num_buckets=10).config  # fmt: skip
