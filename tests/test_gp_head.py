@@ -111,3 +111,19 @@ def test_gp_head_validation_and_config():
     assert net.config["gp_head"] and net.config["gp_particles"] == 3
     assert "gp_head" not in PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2,
                                            nhid=16, num_buckets=10).config  # fmt: skip
+
+
+def test_cholesky_falls_back_to_jitter_only_where_needed():
+    from botorch_community.pfn.gp_head import _robust_cholesky
+
+    K = torch.ones(1, 2, 4, 4, dtype=torch.float64)  # rank one: not positive definite
+    K[0, 1] = torch.eye(4, dtype=torch.float64)  # positive definite
+    diag = torch.zeros(1, 2, 4, dtype=torch.float64)
+    L = _robust_cholesky(K, diag, torch.ones(1, 2, dtype=torch.float64))
+    assert torch.isfinite(L).all()
+    torch.testing.assert_close(L[0, 1], torch.eye(4, dtype=torch.float64))  # untouched
+    recon = L[0, 0] @ L[0, 0].T - K[0, 0]
+    assert 0 < float(recon.diagonal().min()) <= 1e-4  # only a small jitter was added
+    with pytest.raises(RuntimeError, match="not positive definite"):
+        _robust_cholesky(torch.full((1, 1, 2, 2), float("nan"), dtype=torch.float64),
+                         torch.zeros(1, 1, 2, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))

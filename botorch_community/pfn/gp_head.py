@@ -89,6 +89,32 @@ def _sqdist(A: Tensor, B: Tensor) -> Tensor:
     return (sq - 2.0 * A @ B.transpose(-1, -2)).clamp_min(0.0)
 
 
+def _robust_cholesky(K: Tensor, diag: Tensor, outputscale: Tensor, tries: int = 4) -> Tensor:
+    r"""Cholesky factor of `K + diag(diag)`, adding jitter of `1e-6, 1e-4, ...` times the
+    outputscale to the diagonal of the matrices that fail (float64 rarely does: the
+    noise is at least ``GP_MIN_NOISE``).
+
+    Args:
+        K: `b x J x n x n`; diag: `b x J x n`; outputscale: `b x J`.
+    """
+    L, info = torch.linalg.cholesky_ex(K + torch.diag_embed(diag))
+    jitter = 1e-6
+    for _ in range(tries):
+        bad = info > 0  # `b x J`
+        if not bool(bad.any()):
+            return L
+        extra = torch.where(bad, jitter * outputscale, 0.0).unsqueeze(-1)
+        diag = diag + extra
+        L, info = torch.linalg.cholesky_ex(K + torch.diag_embed(diag))
+        jitter *= 100.0
+    if bool((info > 0).any()):
+        raise RuntimeError(
+            "The GP head's kernel matrix is not positive definite even with jitter "
+            f"{jitter / 100:g} x outputscale; the context inputs may contain NaN or inf."
+        )
+    return L
+
+
 class GPHead(nn.Module):
     r"""GP particles from the context token, and their mixture at test points."""
 
@@ -159,7 +185,7 @@ class GPHead(nn.Module):
             K = unit_kernel(_sqdist(Z, Z), matern) * os[..., None, None]
             K = K * om.unsqueeze(-1) * om.unsqueeze(-2)  # missing rows/cols: 0
             diag = torch.where(om > 0, (noise + GP_JITTER * os).unsqueeze(-1), 1.0)
-            L = torch.linalg.cholesky(K + torch.diag_embed(diag))
+            L = _robust_cholesky(K, diag, os)
             yj = y.unsqueeze(1).expand(b, J, n)
             alpha = torch.cholesky_solve(yj.unsqueeze(-1), L).squeeze(-1)  # `b x J x n`
             lml = (

@@ -567,7 +567,11 @@ def train(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # heads that read the context (target readout, GP head) sit out steps with an
+        # empty context (n = 0): DDP must not wait for their gradients then
+        unused = net.target_readout or net.gp_head
+        model = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                    find_unused_parameters=unused)
     opt = _make_optimizer(net, t, dev)
     if opt_sd is not None:
         opt.load_state_dict(opt_sd)
