@@ -127,3 +127,31 @@ def test_cholesky_falls_back_to_jitter_only_where_needed():
     with pytest.raises(RuntimeError, match="not positive definite"):
         _robust_cholesky(torch.full((1, 1, 2, 2), float("nan"), dtype=torch.float64),
                          torch.zeros(1, 1, 2, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("variant", [{}, {"gp_head": True}, {"gp_head": True, "target_readout": True}])
+def test_training_loss_path_equals_bar_nll_of_the_full_output(variant):
+    from botorch_community.pfn.bar_distribution import bar_nll
+
+    net = random_pfn(num_features=4, emsize=32, nlayers=2, nhead=4, nhid=48,
+                     metric_attention=True, **variant)  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    tX, tY = torch.rand(3, 8, 2, generator=g), torch.randn(3, 8, 1, generator=g)
+    tY[0, 1] = float("nan")  # a missing context target
+    X, Y = torch.rand(3, 6, 2, generator=g), torch.randn(3, 6, 1, generator=g)
+    Y[1, 2], Y[2, 0], Y[2, 3] = 40.0, -40.0, float("nan")  # outside the borders; missing
+    net.train()
+    ref = bar_nll(net(tX, tY, X).float(), Y, net.borders)
+    out = net(tX, tY, X, test_Y=Y)
+    assert out.shape == (3, 6) and bool(torch.isnan(out[2, 3])) and bool(torch.isnan(ref[2, 3]))
+    ok = ~torch.isnan(ref)
+    torch.testing.assert_close(out[ok], ref[ok], atol=2e-5, rtol=1e-6)
+    # and its gradients w.r.t. the weights
+    (g_out,) = torch.autograd.grad(out[ok].sum(), net.x_encoder.weight)
+    (g_ref,) = torch.autograd.grad(ref[ok].sum(), net.x_encoder.weight)
+    torch.testing.assert_close(g_out, g_ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="reference path"):
+        net(None, None, X[0], kv_cache=net.encode_context(tX[0], tY[0]), test_Y=Y[0])
+    # an empty context: the bar part alone
+    e = net(tX[:, :0], tY[:, :0], X, test_Y=Y)
+    torch.testing.assert_close(e[ok], bar_nll(net(tX[:, :0], tY[:, :0], X).float(), Y, net.borders)[ok])

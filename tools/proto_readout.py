@@ -79,6 +79,15 @@ def eval_sets(sampler: PriorSampler, ns: list[int], datasets: int) -> list:
 
 
 @torch.no_grad()
+def gp_share(net, tx, ty) -> float:
+    r"""Mean mixing weight of a GP head at the context rows (networks with ``gp_head``)."""
+    token, h = net._reference_token_and_states(tx, ty, tx)
+    fit = net.gp.fit(token, tx, ty)
+    mu, var = net.gp.predict(fit, tx)
+    return float(torch.sigmoid(net.gp._omega(h, mu, var, fit)).mean())
+
+
+@torch.no_grad()
 def evaluate(net, sets, borders) -> dict:
     net.eval()
     res = {}
@@ -102,6 +111,8 @@ def evaluate(net, sets, borders) -> dict:
                 h = net.reference_states(tx[free], ty[free], tx[free])
                 omega = net.target_readout_params(h, tx[free], tx[free], ty[free])[2]
                 row["mix_obs"] = float(torch.sigmoid(omega).mean())
+        if net.gp_head and n > 0 and free.any():  # GP share at the observations
+            row["mix_obs"] = gp_share(net, tx[free], ty[free])
         res[n] = row
     net.train()
     return res
@@ -125,7 +136,7 @@ def train_steps(net, sampler, borders, steps: int, t: dict, first_step: int, lr_
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, t) * g["mult"]
         (tx, ty, sx, sy), _, _ = sampler.sample(first_step + step)
-        loss = bar_nll(net(tx, ty, sx).float(), sy, borders).mean()
+        loss = net(tx, ty, sx, test_Y=sy).float().mean()  # = bar_nll of the output
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -244,14 +244,62 @@ class GPHead(nn.Module):
             log_q = _log_gaussian_bucket_probs(mu, var.sqrt(), borders.to(f64))
             log_w = fit.log_weights[..., None, None]  # `b x J x 1 x 1`
             log_q = torch.logsumexp(log_w + log_q, dim=1)  # `b x m x K`
-            w = fit.log_weights.exp().unsqueeze(-1)  # `b x J x 1`
-            m1 = (w * mu).sum(1)
-            m2 = (w * (var + mu.square())).sum(1)
-            log_sd = 0.5 * (m2 - m1.square()).clamp_min(1e-12).log()  # `b x m`
-            z = self.mix_norm(h.to(self.mix_norm.weight.dtype))
-            feats = torch.cat([z, log_sd.unsqueeze(-1).to(z.dtype)], dim=-1)
-            omega = self.mix(feats).squeeze(-1).to(f64)
+            omega = self._omega(h, mu, var, fit)
         return log_q, omega
+
+    def nll_at(
+        self, h: Tensor, fit: GPFit, query_X: Tensor, borders: Tensor, log_p_bar: Tensor,
+        idx: Tensor,
+    ) -> Tensor:
+        r"""Bar NLL terms of the output with the GP mixture mixed in, from the target
+        buckets alone (the training path: no `K`-sized GP tensors).
+
+        Equals `-log p_i` of :meth:`mix_into`'s output renormalised over the buckets
+        (as :func:`~botorch_community.pfn.bar_distribution.bar_nll` does), for the
+        target bucket `i` of each test point; the GP mass beyond the outer borders is
+        dropped there, so the renormaliser is `(1 - w) + w sum_j pi_j P_j(inside)`.
+
+        Args:
+            h: `b x m x e` final test-token states.
+            fit: From :meth:`fit`, batch `b`.
+            query_X: `b x m x d`.
+            borders: `K + 1` bucket borders.
+            log_p_bar: `b x m` log-probabilities of the target buckets under the bar
+                part (renormalised).
+            idx: `b x m` target bucket indices.
+
+        Returns:
+            `b x m` values `-log p_i` (float64; add `log` of the bucket width for the NLL).
+        """
+        from botorch_community.pfn.transformer import _log_gaussian_bucket_probs
+
+        mu, var = self.predict(fit, query_X)  # `b x J x m`
+        with torch.autocast(h.device.type, enabled=False):
+            f64 = torch.float64
+            b64 = borders.to(f64)
+            sd = var.sqrt()
+            pair = torch.stack([b64[idx], b64[idx + 1]], dim=-1).unsqueeze(1)  # `b x 1 x m x 2`
+            log_qi = _log_gaussian_bucket_probs(mu, sd, pair).squeeze(-1)  # `b x J x m`
+            outer = b64[[0, -1]]
+            log_in = _log_gaussian_bucket_probs(mu, sd, outer).squeeze(-1)  # `b x J x m`
+            log_w = fit.log_weights.unsqueeze(-1)  # `b x J x 1`
+            log_qi = torch.logsumexp(log_w + log_qi, dim=1)  # `b x m`
+            log_in = torch.logsumexp(log_w + log_in, dim=1)
+            omega = self._omega(h, mu, var, fit)
+            a, c = F.logsigmoid(-omega), F.logsigmoid(omega)
+            log_p = torch.logaddexp(log_p_bar.to(f64) + a, log_qi + c)
+            log_total = torch.logaddexp(a, log_in + c)
+        return log_total - log_p
+
+    def _omega(self, h: Tensor, mu: Tensor, var: Tensor, fit: GPFit) -> Tensor:
+        r"""`b x m` mixing logits from the test tokens and the mixture's log std."""
+        w = fit.log_weights.exp().unsqueeze(-1)  # `b x J x 1`
+        m1 = (w * mu).sum(1)
+        m2 = (w * (var + mu.square())).sum(1)
+        log_sd = 0.5 * (m2 - m1.square()).clamp_min(1e-12).log()  # `b x m`
+        z = self.mix_norm(h.to(self.mix_norm.weight.dtype))
+        feats = torch.cat([z, log_sd.unsqueeze(-1).to(z.dtype)], dim=-1)
+        return self.mix(feats).squeeze(-1).to(torch.float64)
 
     @staticmethod
     def mix_into(logits: Tensor, log_q: Tensor, omega: Tensor) -> Tensor:

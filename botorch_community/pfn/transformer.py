@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
+from botorch_community.pfn.bar_distribution import bar_nll, bucket_index
 from botorch_community.pfn.gp_head import GPHead
 from botorch_community.pfn.kv_cache import KVCache
 
@@ -695,8 +696,10 @@ class PFNTransformer(nn.Module):
         test_X: Tensor,
         kv_cache: Optional[KVCache] = None,
         train_Yvar: Optional[Tensor] = None,
+        test_Y: Optional[Tensor] = None,
     ) -> Tensor:
-        r"""Logits of the predictive bar distribution at `test_X`.
+        r"""Logits of the predictive bar distribution at `test_X` (or, given `test_Y`,
+        the NLL of those targets: the training loss).
 
         Without `kv_cache` this is the reference path: training and test tokens go
         through the transformer together, batch by batch.
@@ -709,11 +712,16 @@ class PFNTransformer(nn.Module):
             train_Yvar: `b x n x 1` known noise variances of the standardised targets
                 (NaN: unknown), for networks with ``noise_hint`` (see
                 :meth:`encode_noise`; ignored when `kv_cache` is given).
+            test_Y: `b x m x 1` standardised test targets: return their bar NLL,
+                `bar_nll(self(train_X, train_Y, test_X), test_Y, self.borders)`, computed
+                without the GP head's `K`-bucket mixture (reference path only).
 
         Returns:
-            `b x m x num_buckets` logits.
+            `b x m x num_buckets` logits, or with `test_Y` the `b x m` NLLs.
         """
         if kv_cache is not None:
+            if test_Y is not None:
+                raise ValueError("test_Y (the training loss) needs the reference path.")
             return self.predict(test_X, kv_cache)
         token, h = self._reference_token_and_states(train_X, train_Y, test_X, train_Yvar)
         readout = None
@@ -721,12 +729,29 @@ class PFNTransformer(nn.Module):
         if self.target_readout:
             readout = self.target_readout_params(h, test_X, train_X, train_Y)
         logits = self.output_log_probs(h, readout)
+        fit = None
         if self.gp_head and train_X.shape[-2] > 0:
-            n, d, m = train_X.shape[-2], train_X.shape[-1], test_X.shape[-2]
+            n, d = train_X.shape[-2:]
             fit = self.gp.fit(token.reshape(-1, token.shape[-1]), train_X.reshape(-1, n, d),
                               train_Y.reshape(-1, n, 1))  # fmt: skip
-            logits = self._mix_gp(logits, h, fit, test_X.reshape(-1, m, d))
-        return logits
+        m, d = test_X.shape[-2:]
+        if test_Y is None:
+            return self._mix_gp(logits, h, fit, test_X.reshape(-1, m, d))
+        with torch.autocast(logits.device.type, enabled=False):
+            nll = bar_nll(logits.float(), test_Y, self.borders)  # `b x m`
+            if fit is None:
+                return nll
+            # the GP part at the target buckets only (no `K`-sized GP tensors)
+            shape, K = nll.shape, logits.shape[-1]
+            logits = logits.float().reshape(-1, m, K)
+            y = test_Y.reshape(-1, m).to(logits)
+            idx = bucket_index(torch.nan_to_num(y), self.borders.to(y))
+            log_p_bar = logits.gather(-1, idx.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+            out = self.gp.nll_at(h.reshape(-1, m, h.shape[-1]), fit, test_X.reshape(-1, m, d),
+                                 self.borders, log_p_bar, idx)  # fmt: skip
+            widths = (self.borders[1:] - self.borders[:-1]).to(out)
+            out = (out + widths[idx].log()).to(nll.dtype).reshape(shape)
+            return torch.where(torch.isnan(nll), nll, out)
 
     def _mix_gp(self, logits: Tensor, h: Tensor, fit: Optional[Any], query_X: Tensor) -> Tensor:
         r"""The GP head's mixture mixed into `logits` (`batch_shape x m x K`), for test
