@@ -352,36 +352,35 @@ def test_float64_cached_equals_reference_to_float64_round_off(net):
 
 
 def test_lbfgs_sees_no_float32_noise_with_the_default_network():
-    # With float64 data, optimize_acqf on the shipped network converges without failed
-    # (ABNORMAL) line searches. Computing in float32 it fails in both seeds, BoTorch
-    # retries from new initial conditions and makes 138 and 167 acquisition calls
-    # (measured on the metric-attention network; 19 and 110 in float64).
-    import warnings
-
-    from botorch.optim import optimize_acqf
+    # With float64 data the shipped (float32) network runs as a float64 copy, so the
+    # acquisition surface L-BFGS-B probes is free of float32 round-off: central finite
+    # differences (h = 1e-5) agree with the autograd gradient to ~1e-9 (median over
+    # points), against ~5e-2 computing in float32, where line searches fail (ABNORMAL)
+    # and BoTorch retries from new initial conditions. Which optimize_acqf seeds fail
+    # changes from network to network (Hartmann-6, n = 30, seeds 1 to 8: 1 to 2 of 8 in
+    # float64, 2 to 3 of 4 in float32), so this checks the surface itself.
     from botorch.test_functions import Hartmann
     from botorch_community.acquisition.discretized import DiscretizedLogExpectedImprovement
 
     f = Hartmann(dim=6, negate=True)
-    bounds = torch.stack([torch.zeros(6), torch.ones(6)]).double()
-    for seed in (1, 2):
-        X = torch.rand(30, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    errors = {}
+    for dtype in (torch.float64, torch.float32):
+        X = torch.rand(30, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         Y = f(X).unsqueeze(-1)
-        model = PFNModel(X, Y)
-        acqf = DiscretizedLogExpectedImprovement(model, best_f=Y.max())
-        calls, forward = [0], acqf.forward
-
-        def counting_forward(X, _forward=forward):
-            calls[0] += 1
-            return _forward(X)
-
-        acqf.forward = counting_forward
-        torch.manual_seed(0)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with model.cache_training_context():
-                optimize_acqf(acqf, bounds=bounds, q=1, num_restarts=20, raw_samples=512)
-        failed = [str(w.message)[:200] for w in caught if "Optimization failed" in str(w.message)]
-        assert not failed, failed
-        assert calls[0] < 130, calls[0]
-        assert model.num_encodings == 1
+        model = PFNModel(X.to(dtype), Y.to(dtype))
+        acqf = DiscretizedLogExpectedImprovement(model, best_f=Y.max().to(dtype))
+        P = torch.rand(8, 1, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+        P = P.to(dtype).requires_grad_(True)
+        with model.cache_training_context():
+            (grad,) = torch.autograd.grad(acqf(P).sum(), P)
+            h, E = 1e-5, torch.eye(6, dtype=dtype)
+            fd = torch.stack(
+                [(acqf(P.detach() + h * E[j]) - acqf(P.detach() - h * E[j])) / (2 * h)
+                 for j in range(6)], dim=-1,
+            )  # fmt: skip
+            assert model.num_encodings == 1
+        grad = grad.squeeze(1)
+        errors[dtype] = (fd - grad).norm(dim=-1) / grad.norm(dim=-1)  # `8`
+    assert float(errors[torch.float64].median()) < 1e-6, errors
+    assert float(errors[torch.float64].max()) < 1e-2, errors
+    assert float(errors[torch.float32].median()) > 1e-3, errors  # what float64 avoids
