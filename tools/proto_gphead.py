@@ -42,9 +42,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proto_readout import eval_sets, evaluate, make_config, train_steps  # noqa: E402
+from proto_readout import setup, train_steps  # noqa: E402
 
-from botorch_community.pfn.train import PriorSampler, fit_borders  # noqa: E402
 from botorch_community.pfn.transformer import PFNTransformer  # noqa: E402
 
 
@@ -64,14 +63,7 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="smoke run")
     p.add_argument("--out", default=None, help="write OUT_gphead.json")
     args = p.parse_args()
-    if args.small:
-        args.batch, args.max_n, args.emsize, args.nlayers = 8, 20, 32, 2
-    torch.set_num_threads(1)
-    cfg = make_config(args)
-    sampler = PriorSampler(cfg, torch.device("cpu"))
-    borders = fit_borders(sampler, 1000, 20_000 if args.small else 200_000)
-    ns = [5, 20, args.max_n] if not args.small else [5, 20]
-    sets = eval_sets(sampler, ns, 16 if args.small else 256)
+    cfg, sampler, borders, sets = setup(args)
     m, t = cfg["model"], cfg["train"]
     if args.no_metric:
         m = {**m, "metric_attention": False}

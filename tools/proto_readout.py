@@ -154,6 +154,19 @@ def train_steps(net, sampler, borders, steps: int, t: dict, first_step: int, lr_
                   f"loss {loss.item():.4f} gap to oracle {summary}", flush=True)
 
 
+def setup(args) -> tuple:
+    r"""Config, prior sampler, bucket borders and eval sets of a prototype run (the same
+    for every prototype with the same arguments, so runs compare step by step)."""
+    if args.small:
+        args.batch, args.max_n, args.emsize, args.nlayers = 8, 20, 32, 2
+    torch.set_num_threads(1)
+    cfg = make_config(args)
+    sampler = PriorSampler(cfg, torch.device("cpu"))
+    borders = fit_borders(sampler, 1000, 20_000 if args.small else 200_000)
+    ns = [5, 20, args.max_n] if not args.small else [5, 20]
+    return cfg, sampler, borders, eval_sets(sampler, ns, 16 if args.small else 256)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,14 +190,7 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="smoke run")
     p.add_argument("--out", default=None, help="write OUT_<variant>.json")
     args = p.parse_args()
-    if args.small:
-        args.batch, args.max_n, args.emsize, args.nlayers = 8, 20, 32, 2
-    torch.set_num_threads(1)
-    cfg = make_config(args)
-    sampler = PriorSampler(cfg, torch.device("cpu"))
-    borders = fit_borders(sampler, 1000, 20_000 if args.small else 200_000)
-    ns = [5, 20, args.max_n] if not args.small else [5, 20]
-    sets = eval_sets(sampler, ns, 16 if args.small else 256)
+    cfg, sampler, borders, sets = setup(args)
     variants = ["plain", "readout"] if args.variant == "both" else [args.variant]
     m, t = cfg["model"], cfg["train"]
     for variant in variants:
