@@ -60,6 +60,13 @@ def main() -> None:
     p.add_argument("--init-logit", type=float, default=-2.0)
     p.add_argument("--no-metric", action="store_true",
                    help="without metric attention (3.4x the GPU steps per minute)")
+    p.add_argument("--warm-steps", type=int, default=0,
+                   help="first train a plain network this many steps, then grow the GP head "
+                   "into it (a warm start, as configs/default_gp.json does on the GPU) and "
+                   "continue for --steps at --finetune-lr; --variant plain continues without it")
+    p.add_argument("--variant", choices=["gp", "plain"], default="gp")
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--grown-lr-mult", type=float, default=20.0)
     p.add_argument("--small", action="store_true", help="smoke run")
     p.add_argument("--out", default=None, help="write OUT_gphead.json")
     args = p.parse_args()
@@ -68,12 +75,25 @@ def main() -> None:
     if args.no_metric:
         m = {**m, "metric_attention": False}
     torch.manual_seed(args.seed)
-    net = PFNTransformer(borders=borders, gp_head=True, gp_particles=args.particles,
-                         gp_init_logit=args.init_logit, **m)
     log: list = []
-    train_steps(net, sampler, borders, args.steps, t, 0, {}, sets, "gphead", log)
+    tag = "gphead" if args.variant == "gp" else "plain"
+    if args.warm_steps > 0:
+        net = PFNTransformer(borders=borders, **m)
+        train_steps(net, sampler, borders, args.warm_steps, t, 0, {}, sets, "base", log)
+        if args.variant == "gp":
+            grown = PFNTransformer(borders=borders, gp_head=True, gp_particles=args.particles,
+                                   gp_init_logit=args.init_logit, **m)
+            grown.load_state_dict(net.state_dict(), strict=False)
+            net = grown
+        t2 = {**t, "lr": args.finetune_lr, "warmup_steps": max(1, args.steps // 20)}
+        train_steps(net, sampler, borders, args.steps, t2, args.warm_steps,
+                    {"gp.": args.grown_lr_mult}, sets, tag, log)
+    else:
+        net = PFNTransformer(borders=borders, gp_head=True, gp_particles=args.particles,
+                             gp_init_logit=args.init_logit, **m)
+        train_steps(net, sampler, borders, args.steps, t, 0, {}, sets, "gphead", log)
     if args.out:
-        with open(f"{args.out}_gphead.json", "w") as f:
+        with open(f"{args.out}_{tag}.json", "w") as f:
             json.dump({"args": vars(args), "log": log}, f, indent=1)
     print("\n| gphead | n | gap all | gap noise-free | gap noisy | err@obs | std@obs | nll@obs |")
     print("|---|---|---|---|---|---|---|---|")
