@@ -95,10 +95,10 @@ def main() -> None:
     if args.out:
         with open(f"{args.out}_{tag}.json", "w") as f:
             json.dump({"args": vars(args), "log": log}, f, indent=1)
-    print("\n| gphead | n | gap all | gap noise-free | gap noisy | err@obs | std@obs | nll@obs |")
+    print(f"\n| {tag} | n | gap all | gap noise-free | gap noisy | err@obs | std@obs | nll@obs |")
     print("|---|---|---|---|---|---|---|---|")
     for n, r in log[-1]["eval"].items():
-        print(f"| gphead | {n} | {r['gap_all']:.3f} | {r['gap_free']:.3f} | "
+        print(f"| {tag} | {n} | {r['gap_all']:.3f} | {r['gap_free']:.3f} | "
               f"{r['gap_noisy']:.3f} | {r.get('err_obs', float('nan')):.4f} | "
               f"{r.get('std_obs', float('nan')):.4f} | {r.get('nll_obs', float('nan')):.3f} |")
 
