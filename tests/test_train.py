@@ -180,30 +180,24 @@ def test_warm_start_grows_a_plain_network_into_metric_attention(tmp_path):
     assert any(float(layer.metric_gate.abs().max()) > 0 for layer in moved.layers)
 
 
-def test_warm_start_grows_a_target_readout(tmp_path):
+@pytest.mark.parametrize(
+    "part, overrides",
+    [("target_readout", ["model.target_readout=true"]),
+     ("gp_head", ["model.gp_head=true", "model.gp_particles=2"])],
+)  # fmt: skip
+def test_warm_start_grows_a_head_that_reads_the_context(tmp_path, part, overrides):
     train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
     over = FAST + [f"train.init_from={json.dumps(str(tmp_path / 'a' / 'model'))}",
-                   "model.target_readout=true", "train.grown_lr_mult=50", "train.lr=1e-3"]  # fmt: skip
+                   "train.grown_lr_mult=50", "train.lr=1e-3", *overrides]  # fmt: skip
     train("tiny", tmp_path / "b", steps=3, overrides=over, progress=False)
     grown = load_pretrained(tmp_path / "b" / "model")
-    assert grown.config["target_readout"] and grown.target_readout
+    assert grown.config[part] and getattr(grown, part)
     opt = torch.load(tmp_path / "b" / "optimizer.pt", weights_only=True)["optimizer"]
     assert [grp.get("lr_mult", 1.0) for grp in opt["param_groups"]] == [1.0, 1.0, 50.0]
-    assert float(grown.readout_head.weight.abs().max()) > 0  # it trained
-    g = torch.Generator().manual_seed(0)
-    tX, tY, X = torch.rand(7, 3, generator=g), torch.randn(7, 1, generator=g), torch.rand(5, 3, generator=g)
-    out = grown.predict(X, grown.encode_context(tX, tY))
-    torch.testing.assert_close(out, grown(tX[None], tY[None], X[None])[0], atol=1e-5, rtol=0)
-
-
-def test_warm_start_grows_a_gp_head(tmp_path):
-    train("tiny", tmp_path / "a", steps=2, overrides=FAST, progress=False)
-    over = FAST + [f"train.init_from={json.dumps(str(tmp_path / 'a' / 'model'))}",
-                   "model.gp_head=true", "model.gp_particles=2", "train.lr=1e-3"]  # fmt: skip
-    train("tiny", tmp_path / "b", steps=3, overrides=over, progress=False)
-    grown = load_pretrained(tmp_path / "b" / "model")
-    assert grown.gp_head and grown.config["gp_particles"] == 2
-    assert float(grown.gp.hyper.weight.detach().abs().max()) > 0  # it trained
+    head = grown.readout_head.weight if part == "target_readout" else grown.gp.hyper.weight
+    assert float(head.detach().abs().max()) > 0  # it trained
+    if part == "gp_head":
+        assert grown.config["gp_particles"] == 2
     g = torch.Generator().manual_seed(0)
     tX, tY, X = torch.rand(7, 3, generator=g), torch.randn(7, 1, generator=g), torch.rand(5, 3, generator=g)
     out = grown.predict(X, grown.encode_context(tX, tY))

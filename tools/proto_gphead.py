@@ -34,7 +34,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -42,20 +41,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proto_readout import setup, train_steps  # noqa: E402
+from proto_readout import prototype_parser, setup, train_steps  # noqa: E402
 
 from botorch_community.pfn.transformer import PFNTransformer  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--max-n", type=int, default=60)
-    p.add_argument("--emsize", type=int, default=64)
-    p.add_argument("--nlayers", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p = prototype_parser(__doc__)
     p.add_argument("--particles", type=int, default=4)
     p.add_argument("--init-logit", type=float, default=-2.0)
     p.add_argument("--no-metric", action="store_true",

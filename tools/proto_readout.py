@@ -167,8 +167,10 @@ def setup(args) -> tuple:
     return cfg, sampler, borders, eval_sets(sampler, ns, 16 if args.small else 256)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
+def prototype_parser(doc: str) -> argparse.ArgumentParser:
+    r"""An argument parser with the options every prototype shares (run length, batch,
+    largest context, network size, seed)."""
+    p = argparse.ArgumentParser(description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=64)
@@ -176,6 +178,11 @@ def main() -> None:
     p.add_argument("--emsize", type=int, default=64)
     p.add_argument("--nlayers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main() -> None:
+    p = prototype_parser(__doc__)
     p.add_argument("--variant", choices=["both", "plain", "readout"], default="both")
     p.add_argument("--init-logit", type=float, default=-2.0,
                    help="initial mixing logit of the readout (the first runs used -2)")
