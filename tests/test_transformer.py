@@ -312,18 +312,18 @@ def test_gaussian_head_starts_near_the_plain_network_and_can_be_sharp():
 
 
 def test_gaussian_bucket_probabilities():
-    from botorch_community.pfn.transformer import _log_gaussian_bucket_probs
+    from botorch_community.pfn.bar_distribution import log_gaussian_bucket_probs
 
     borders = torch.linspace(-4, 4, 81, dtype=torch.float64)
     mu = torch.tensor([0.0, 1.234, -3.9, 10.0], dtype=torch.float64)
     sigma = torch.tensor([1.0, 0.01, 0.3, 0.5], dtype=torch.float64)
-    q = _log_gaussian_bucket_probs(mu, sigma, borders).exp()
+    q = log_gaussian_bucket_probs(mu, sigma, borders).exp()
     normal = torch.distributions.Normal(mu.unsqueeze(-1), sigma.unsqueeze(-1))
     expect = normal.cdf(borders[1:]) - normal.cdf(borders[:-1])
     torch.testing.assert_close(q, expect.clamp_min(1e-30), atol=1e-12, rtol=1e-9)
     # a mean outside the borders: all buckets floored, finite, no NaN gradients
     mu32 = torch.tensor([50.0, 0.0], requires_grad=True)
-    lq = _log_gaussian_bucket_probs(mu32, torch.tensor([0.1, 1e-4]), borders.float())
+    lq = log_gaussian_bucket_probs(mu32, torch.tensor([0.1, 1e-4]), borders.float())
     assert torch.isfinite(lq).all()
     lq.sum().backward()
     assert torch.isfinite(mu32.grad).all()

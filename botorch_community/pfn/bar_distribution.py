@@ -10,9 +10,13 @@ are counted in the edge buckets (clamped), so every target has a finite loss.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["borders_from_samples", "bucket_index", "bar_nll"]
+__all__ = [
+    "borders_from_samples", "bucket_index", "bar_nll", "log_gaussian_bucket_probs",
+    "mix_log_probs",
+]  # fmt: skip
 
 
 def borders_from_samples(y: Tensor, num_buckets: int, widen: float = 0.1) -> Tensor:
@@ -98,3 +102,32 @@ def bar_nll(logits: Tensor, y: Tensor, borders: Tensor) -> Tensor:
     logit_i = logits.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
     nll = torch.logsumexp(logits, dim=-1) - logit_i + torch.log(widths[idx])
     return torch.where(torch.isnan(y), torch.full_like(nll, float("nan")), nll)
+
+
+def log_gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:
+    r"""Log-probabilities of the buckets under `N(mu, sigma^2)`.
+
+    Args:
+        mu: `batch_shape` means.
+        sigma: `batch_shape` standard deviations.
+        borders: `K + 1` increasing borders, or `batch_shape x (K + 1)` (broadcast).
+
+    Returns:
+        `batch_shape x K`, floored at `log(1e-30)` (no `-inf`, no NaN gradients).
+    """
+    z = (borders - mu.unsqueeze(-1)) / sigma.unsqueeze(-1)  # `batch_shape x (K + 1)`
+    lo, hi = z[..., :-1], z[..., 1:]
+    # difference of the upper tails above the mean, of the CDFs below: no cancellation
+    upper = lo > 0
+    q = torch.where(
+        upper,
+        torch.special.ndtr(-lo) - torch.special.ndtr(-hi),
+        torch.special.ndtr(hi) - torch.special.ndtr(lo),
+    )
+    return q.clamp_min(1e-30).log()
+
+
+def mix_log_probs(log_p: Tensor, log_q: Tensor, omega: Tensor) -> Tensor:
+    r"""`log((1 - w) p + w q)` with `w = sigmoid(omega)` (`omega` broadcasts against
+    `log_p` and `log_q`), computed without leaving log space."""
+    return torch.logaddexp(log_p + F.logsigmoid(-omega), log_q + F.logsigmoid(omega))

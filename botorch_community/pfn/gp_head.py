@@ -30,7 +30,8 @@ from typing import Optional
 
 import torch
 from torch import nn, Tensor
-from torch.nn import functional as F
+
+from botorch_community.pfn.bar_distribution import log_gaussian_bucket_probs, mix_log_probs
 
 #: Smallest noise variance of a particle (standardised targets): the smallest the
 #: training prior draws, relative to its outputscale.
@@ -44,7 +45,7 @@ class GPFit:
     r"""The GP particles of a batch of contexts, fitted to their targets (float64).
 
     Attributes:
-        X: `b x n x d` context inputs.
+        Z: `b x J x n x d` context inputs divided by each particle's lengthscales.
         inv_lengthscale: `b x J x d`.
         outputscale: `b x J`.
         noise: `b x J` noise variances.
@@ -55,7 +56,7 @@ class GPFit:
         observed: `b x n`, 1 for a known target, 0 for a missing one.
     """
 
-    X: Tensor
+    Z: Tensor
     inv_lengthscale: Tensor
     outputscale: Tensor
     noise: Tensor
@@ -65,13 +66,8 @@ class GPFit:
     observed: Tensor
 
     def tensors(self) -> tuple[Tensor, ...]:
-        return (self.X, self.inv_lengthscale, self.outputscale, self.noise, self.L,
+        return (self.Z, self.inv_lengthscale, self.outputscale, self.noise, self.L,
                 self.alpha, self.log_weights, self.observed)  # fmt: skip
-
-    def reshape(self, b: int) -> "GPFit":
-        r"""The same fit with its batch dimensions flattened to `b`."""
-        lead = self.X.dim() - 2  # batch dims of the fit
-        return GPFit(*(t.reshape(b, *t.shape[lead:]) for t in self.tensors()))
 
 
 def unit_kernel(r2: Tensor, matern: Tensor) -> Tensor:
@@ -194,7 +190,7 @@ class GPHead(nn.Module):
                 - 0.5 * observed.sum(-1, keepdim=True) * math.log(2 * math.pi)
             )  # `b x J`
             log_w = torch.log_softmax(raw[..., nf + 2] + lml, dim=-1)
-        return GPFit(X, inv_ls, os, noise, L, alpha, log_w, observed)
+        return GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed)
 
     def _is_matern(self, device: torch.device) -> Tensor:
         return (torch.arange(self.particles, device=device) % 2 == 0).view(1, -1, 1, 1)
@@ -211,9 +207,8 @@ class GPHead(nn.Module):
         """
         with torch.autocast(query_X.device.type, enabled=False):
             Zq = query_X.to(torch.float64).unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)
-            Z = fit.X.unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)
             os = fit.outputscale[..., None, None]
-            ks = unit_kernel(_sqdist(Zq, Z), self._is_matern(query_X.device)) * os
+            ks = unit_kernel(_sqdist(Zq, fit.Z), self._is_matern(query_X.device)) * os
             ks = ks * fit.observed[:, None, None, :]  # `b x J x m x n`
             mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1)
             v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
@@ -236,12 +231,10 @@ class GPHead(nn.Module):
             `(log_q, omega)`: `b x m x K` log bucket probabilities (float64) and the
             `b x m` mixing logits (float64).
         """
-        from botorch_community.pfn.transformer import _log_gaussian_bucket_probs
-
         mu, var = self.predict(fit, query_X)  # `b x J x m`
         with torch.autocast(h.device.type, enabled=False):
             f64 = torch.float64
-            log_q = _log_gaussian_bucket_probs(mu, var.sqrt(), borders.to(f64))
+            log_q = log_gaussian_bucket_probs(mu, var.sqrt(), borders.to(f64))
             log_w = fit.log_weights[..., None, None]  # `b x J x 1 x 1`
             log_q = torch.logsumexp(log_w + log_q, dim=1)  # `b x m x K`
             omega = self._omega(h, mu, var, fit)
@@ -271,24 +264,21 @@ class GPHead(nn.Module):
         Returns:
             `b x m` values `-log p_i` (float64; add `log` of the bucket width for the NLL).
         """
-        from botorch_community.pfn.transformer import _log_gaussian_bucket_probs
-
         mu, var = self.predict(fit, query_X)  # `b x J x m`
         with torch.autocast(h.device.type, enabled=False):
             f64 = torch.float64
             b64 = borders.to(f64)
             sd = var.sqrt()
             pair = torch.stack([b64[idx], b64[idx + 1]], dim=-1).unsqueeze(1)  # `b x 1 x m x 2`
-            log_qi = _log_gaussian_bucket_probs(mu, sd, pair).squeeze(-1)  # `b x J x m`
+            log_qi = log_gaussian_bucket_probs(mu, sd, pair).squeeze(-1)  # `b x J x m`
             outer = b64[[0, -1]]
-            log_in = _log_gaussian_bucket_probs(mu, sd, outer).squeeze(-1)  # `b x J x m`
+            log_in = log_gaussian_bucket_probs(mu, sd, outer).squeeze(-1)  # `b x J x m`
             log_w = fit.log_weights.unsqueeze(-1)  # `b x J x 1`
             log_qi = torch.logsumexp(log_w + log_qi, dim=1)  # `b x m`
             log_in = torch.logsumexp(log_w + log_in, dim=1)
             omega = self._omega(h, mu, var, fit)
-            a, c = F.logsigmoid(-omega), F.logsigmoid(omega)
-            log_p = torch.logaddexp(log_p_bar.to(f64) + a, log_qi + c)
-            log_total = torch.logaddexp(a, log_in + c)
+            log_p = mix_log_probs(log_p_bar.to(f64), log_qi, omega)
+            log_total = mix_log_probs(torch.zeros_like(log_in), log_in, omega)
         return log_total - log_p
 
     def _omega(self, h: Tensor, mu: Tensor, var: Tensor, fit: GPFit) -> Tensor:
@@ -306,9 +296,6 @@ class GPHead(nn.Module):
         r"""`(1 - w) softmax(logits) + w q` as log-probabilities, `w = sigmoid(omega)`
         (in the dtype of `logits`, at least float32)."""
         with torch.autocast(logits.device.type, enabled=False):
-            f64 = torch.float64
-            out = torch.logaddexp(
-                torch.log_softmax(logits.to(f64), -1) + F.logsigmoid(-omega).unsqueeze(-1),
-                log_q + F.logsigmoid(omega).unsqueeze(-1),
-            )
+            log_p = torch.log_softmax(logits.to(torch.float64), -1)
+            out = mix_log_probs(log_p, log_q, omega.unsqueeze(-1))
         return out.to(torch.promote_types(logits.dtype, torch.float32))

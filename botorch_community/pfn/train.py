@@ -420,17 +420,15 @@ def warm_start_network(
         # grow the network: the added parts start (nearly) switched off, so the grown
         # network computes (nearly) what the source did
         cfg = {**net.config, **add}
-        if add.get("gp_head"):
-            cfg["gp_particles"] = model_cfg.get("gp_particles", 4)
+        if add.get("gp_head") and "gp_particles" in model_cfg:
+            cfg["gp_particles"] = model_cfg["gp_particles"]
         grown = PFNTransformer(**cfg, borders=net.borders.detach().clone()).to(device)
         missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
         assert not unexpected and all(is_grown_parameter(k) for k in missing), missing
         grown.checkpoint_metadata = getattr(net, "checkpoint_metadata", {})
         if add.get("target_readout") and train_cfg is not None:
             init_target_readout(
-                grown,
-                train_cfg.get("readout_init_logit", -4.0),
-                train_cfg.get("readout_init_scale", 100.0),
+                grown, train_cfg["readout_init_logit"], train_cfg["readout_init_scale"]
             )
         net = grown
     diff = {

@@ -24,7 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from botorch_community.pfn.bar_distribution import bar_nll, bucket_index
+from botorch_community.pfn.bar_distribution import (
+    bar_nll,
+    bucket_index,
+    log_gaussian_bucket_probs,
+    mix_log_probs,
+)
 from botorch_community.pfn.gp_head import GPHead
 from botorch_community.pfn.kv_cache import KVCache
 
@@ -458,13 +463,10 @@ class PFNTransformer(nn.Module):
             log_head = torch.log_softmax(logits.to(mu.dtype), dim=-1)
             # float64: in float32 the bucket CDF differences of a narrow Gaussian lose
             # up to 1e-5 of log-probability to cancellation
-            log_q = _log_gaussian_bucket_probs(
+            log_q = log_gaussian_bucket_probs(
                 mu.to(f64), sigma.to(f64), self.borders.to(f64)
             ).to(mu.dtype)
-            return torch.logaddexp(
-                log_head + F.logsigmoid(-omega).unsqueeze(-1),
-                log_q + F.logsigmoid(omega).unsqueeze(-1),
-            )
+            return mix_log_probs(log_head, log_q, omega.unsqueeze(-1))
 
     def target_readout_params(
         self, h: Tensor, query_X: Tensor, context_X: Tensor, context_Y: Tensor
@@ -562,11 +564,8 @@ class PFNTransformer(nn.Module):
             ).unbind(-1)
             mu = mean + delta
             sigma = var.sqrt() * rho.clamp(-12.0, 4.0).exp()
-            log_q = _log_gaussian_bucket_probs(mu, sigma, borders)
-            return torch.logaddexp(
-                log_bar + F.logsigmoid(-omega).unsqueeze(-1),
-                log_q + F.logsigmoid(omega).unsqueeze(-1),
-            )
+            log_q = log_gaussian_bucket_probs(mu, sigma, borders)
+            return mix_log_probs(log_bar, log_q, omega.unsqueeze(-1))
 
     # ------------------------------------------------------------------ encoders
     def encode_x(self, X: Tensor) -> Tensor:
@@ -738,11 +737,10 @@ class PFNTransformer(nn.Module):
         if test_Y is None:
             return self._mix_gp(logits, h, fit, test_X.reshape(-1, m, d))
         with torch.autocast(logits.device.type, enabled=False):
-            nll = bar_nll(logits.float(), test_Y, self.borders)  # `b x m`
             if fit is None:
-                return nll
+                return bar_nll(logits.float(), test_Y, self.borders)  # `b x m`
             # the GP part at the target buckets only (no `K`-sized GP tensors)
-            shape, K = nll.shape, logits.shape[-1]
+            shape, K = logits.shape[:-1], logits.shape[-1]
             logits = logits.float().reshape(-1, m, K)
             y = test_Y.reshape(-1, m).to(logits)
             idx = bucket_index(torch.nan_to_num(y), self.borders.to(y))
@@ -750,8 +748,8 @@ class PFNTransformer(nn.Module):
             out = self.gp.nll_at(h.reshape(-1, m, h.shape[-1]), fit, test_X.reshape(-1, m, d),
                                  self.borders, log_p_bar, idx)  # fmt: skip
             widths = (self.borders[1:] - self.borders[:-1]).to(out)
-            out = (out + widths[idx].log()).to(nll.dtype).reshape(shape)
-            return torch.where(torch.isnan(nll), nll, out)
+            out = (out + widths[idx].log()).to(logits.dtype)
+            return torch.where(torch.isnan(y), y, out).reshape(shape)  # NaN targets: NaN
 
     def _mix_gp(self, logits: Tensor, h: Tensor, fit: Optional[Any], query_X: Tensor) -> Tensor:
         r"""The GP head's mixture mixed into `logits` (`batch_shape x m x K`), for test
@@ -1008,13 +1006,10 @@ class PFNTransformer(nn.Module):
             values.append(val.reshape(*batch_shape, *val.shape[1:]))
             if i < len(self.layers) - 1:
                 h = layer.attend(h, key, val, sqdist, token_row=True)
-        gp_fit = None
-        if self.gp_head:
-            all_Y = torch.cat([ctx_Y.expand(Bf, -1, -1), extra_Y.reshape(Bf, k, 1)], dim=-2)
-            gp_fit = self._gp_fit_context(
-                h, key.reshape(Bf, *key.shape[-3:]), val.reshape(Bf, *val.shape[-3:]),
-                all_X, all_Y,
-            )  # fmt: skip
+        all_Y = torch.cat([ctx_Y.expand(Bf, -1, -1), extra_Y.reshape(Bf, k, 1)], dim=-2)
+        gp_fit = self._gp_fit_context(
+            h, key.reshape(Bf, *key.shape[-3:]), val.reshape(Bf, *val.shape[-3:]), all_X, all_Y
+        )  # None without the GP head
         return KVCache(
             keys=tuple(keys),
             values=tuple(values),
@@ -1026,12 +1021,7 @@ class PFNTransformer(nn.Module):
                 if self._needs_context_X
                 else None
             ),
-            context_Y=(
-                torch.cat([ctx_Y.expand(Bf, -1, -1), extra_Y.reshape(Bf, k, 1)], dim=-2)
-                .reshape(*batch_shape, -1, 1)
-                if self.target_readout
-                else None
-            ),
+            context_Y=all_Y.reshape(*batch_shape, -1, 1) if self.target_readout else None,
             gp_fit=gp_fit,
         )
 
@@ -1086,29 +1076,6 @@ class PFNTransformer(nn.Module):
         if self.gp_head:
             logits = self._mix_gp(logits, h, kv_cache.gp_fit, qX)
         return restore(logits)
-
-
-def _log_gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:
-    r"""Log-probabilities of the buckets under `N(mu, sigma^2)`.
-
-    Args:
-        mu: `batch_shape` means.
-        sigma: `batch_shape` standard deviations.
-        borders: `K + 1` increasing borders.
-
-    Returns:
-        `batch_shape x K`, floored at `log(1e-30)` (no `-inf`, no NaN gradients).
-    """
-    z = (borders - mu.unsqueeze(-1)) / sigma.unsqueeze(-1)  # `batch_shape x (K + 1)`
-    lo, hi = z[..., :-1], z[..., 1:]
-    # difference of the upper tails above the mean, of the CDFs below: no cancellation
-    upper = lo > 0
-    q = torch.where(
-        upper,
-        torch.special.ndtr(-lo) - torch.special.ndtr(-hi),
-        torch.special.ndtr(hi) - torch.special.ndtr(lo),
-    )
-    return q.clamp_min(1e-30).log()
 
 
 def _to_cache_layout(h: Tensor, cache_batch_shape: torch.Size):
