@@ -22,9 +22,19 @@ ATOL = 1e-5
 SHAPES = [(4, 3), (5, 2, 3), (6, 1, 3)]
 
 
-@pytest.fixture
-def net():
-    return random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48)
+# Plain attention, and the shipped kind of network (metric attention, noise hints) with a
+# GP head, whose cached GP fit must follow the same rules as the K/V cache.
+NETS = {
+    "plain": {},
+    "metric+hint+gp": {"metric_attention": True, "noise_hint": True, "gp_head": True,
+                       "gp_particles": 2},
+}
+
+
+@pytest.fixture(params=list(NETS))
+def net(request):
+    return random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48,
+                      **NETS[request.param])
 
 
 def _data(n=12, d=3, dtype=torch.float32, scale=1.0, seed=0):
