@@ -329,6 +329,21 @@ def test_gaussian_bucket_probabilities():
     assert torch.isfinite(mu32.grad).all()
 
 
+def test_gaussian_bucket_probabilities_in_both_far_tails():
+    # Reference: the difference of upper (or lower) tails from erfc, exact far out where
+    # a difference of CDFs cancels to 0 or to round-off.
+    from botorch_community.pfn.bar_distribution import gaussian_bucket_probs
+
+    borders = torch.tensor([-9.0, -8.0, -1.0, 0.5, 8.0, 9.0], dtype=torch.float64)
+    q = gaussian_bucket_probs(torch.zeros(1, dtype=torch.float64),
+                              torch.ones(1, dtype=torch.float64), borders)[0]  # fmt: skip
+    tail = lambda a: 0.5 * math.erfc(a / math.sqrt(2))  # P(Z > a)
+    expect = torch.tensor([tail(8) - tail(9), tail(1) - tail(8), 1 - tail(1) - tail(0.5),
+                           tail(0.5) - tail(8), tail(8) - tail(9)], dtype=torch.float64)
+    torch.testing.assert_close(q, expect, rtol=1e-12, atol=0)
+    assert 6e-16 < float(q[0]) < 7e-16  # where 1 - CDF would give 0 or round-off
+
+
 # --------------------------------------------------------------- target readout
 def test_target_readout_starts_near_the_plain_network():
     plain = random_pfn(num_features=5, emsize=32, nlayers=3, nhead=4, nhid=48,

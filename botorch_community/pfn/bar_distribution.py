@@ -9,13 +9,15 @@ are counted in the edge buckets (clamped), so every target has a finite loss.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "borders_from_samples", "bucket_index", "bar_nll", "log_gaussian_bucket_probs",
-    "mix_log_probs",
+    "borders_from_samples", "bucket_index", "bar_nll", "gaussian_bucket_probs",
+    "log_gaussian_bucket_probs", "mix_log_probs",
 ]  # fmt: skip
 
 
@@ -104,6 +106,31 @@ def bar_nll(logits: Tensor, y: Tensor, borders: Tensor) -> Tensor:
     return torch.where(torch.isnan(y), torch.full_like(nll, float("nan")), nll)
 
 
+def gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:
+    r"""Probabilities of the buckets under `N(mu, sigma^2)`, accurate in both tails.
+
+    One normal tail per border, `t_k = Phi(-|z_k|) = erfc(|z_k| / sqrt(2)) / 2`: a bucket
+    above the mean is `t_lo - t_hi`, one below it `t_hi - t_lo`, the one holding the
+    mean `1 - t_lo - t_hi`, so no bucket takes the difference of two CDFs near 1.
+    (`torch.special.ndtr` is `(1 + erf) / 2`, which loses the lower tail beyond about
+    5 standard deviations; `erfc` keeps it.)
+
+    Args:
+        mu: `batch_shape` means.
+        sigma: `batch_shape` standard deviations.
+        borders: `K + 1` increasing borders, or `batch_shape x (K + 1)` (broadcast).
+
+    Returns:
+        `batch_shape x K` probabilities (not floored: far tails may be 0).
+    """
+    z = (borders - mu.unsqueeze(-1)) / sigma.unsqueeze(-1)  # `batch_shape x (K + 1)`
+    t = 0.5 * torch.special.erfc(z.abs() * math.sqrt(0.5))  # the smaller tail at each border
+    t_lo, t_hi = t[..., :-1], t[..., 1:]
+    return torch.where(
+        z[..., :-1] > 0, t_lo - t_hi, torch.where(z[..., 1:] <= 0, t_hi - t_lo, 1 - t_lo - t_hi)
+    )
+
+
 def log_gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:
     r"""Log-probabilities of the buckets under `N(mu, sigma^2)`.
 
@@ -115,16 +142,7 @@ def log_gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Ten
     Returns:
         `batch_shape x K`, floored at `log(1e-30)` (no `-inf`, no NaN gradients).
     """
-    z = (borders - mu.unsqueeze(-1)) / sigma.unsqueeze(-1)  # `batch_shape x (K + 1)`
-    lo, hi = z[..., :-1], z[..., 1:]
-    # difference of the upper tails above the mean, of the CDFs below: no cancellation
-    upper = lo > 0
-    q = torch.where(
-        upper,
-        torch.special.ndtr(-lo) - torch.special.ndtr(-hi),
-        torch.special.ndtr(hi) - torch.special.ndtr(lo),
-    )
-    return q.clamp_min(1e-30).log()
+    return gaussian_bucket_probs(mu, sigma, borders).clamp_min(1e-30).log()
 
 
 def mix_log_probs(log_p: Tensor, log_q: Tensor, omega: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import nn, Tensor
 
-from botorch_community.pfn.bar_distribution import log_gaussian_bucket_probs, mix_log_probs
+from botorch_community.pfn.bar_distribution import gaussian_bucket_probs, mix_log_probs
 
 #: Smallest noise variance of a particle (standardised targets): the smallest the
 #: training prior draws, relative to its outputscale.
@@ -68,6 +68,11 @@ class GPFit:
     def tensors(self) -> tuple[Tensor, ...]:
         return (self.Z, self.inv_lengthscale, self.outputscale, self.noise, self.L,
                 self.alpha, self.log_weights, self.observed)  # fmt: skip
+
+
+def _floored_log(q: Tensor) -> Tensor:
+    r"""`log q` floored at `log(1e-30)`, as for a single Gaussian's buckets."""
+    return q.clamp_min(1e-30).log()
 
 
 def unit_kernel(r2: Tensor, matern: Tensor) -> Tensor:
@@ -234,9 +239,10 @@ class GPHead(nn.Module):
         mu, var = self.predict(fit, query_X)  # `b x J x m`
         with torch.autocast(h.device.type, enabled=False):
             f64 = torch.float64
-            log_q = log_gaussian_bucket_probs(mu, var.sqrt(), borders.to(f64))
-            log_w = fit.log_weights[..., None, None]  # `b x J x 1 x 1`
-            log_q = torch.logsumexp(log_w + log_q, dim=1)  # `b x m x K`
+            q = gaussian_bucket_probs(mu, var.sqrt(), borders.to(f64))  # `b x J x m x K`
+            # mixed over the particles in probability space: one log per bucket, not J
+            w = fit.log_weights.exp()[..., None, None]  # `b x J x 1 x 1`
+            log_q = _floored_log((w * q).sum(1))  # `b x m x K`
             omega = self._omega(h, mu, var, fit)
         return log_q, omega
 
@@ -270,12 +276,11 @@ class GPHead(nn.Module):
             b64 = borders.to(f64)
             sd = var.sqrt()
             pair = torch.stack([b64[idx], b64[idx + 1]], dim=-1).unsqueeze(1)  # `b x 1 x m x 2`
-            log_qi = log_gaussian_bucket_probs(mu, sd, pair).squeeze(-1)  # `b x J x m`
-            outer = b64[[0, -1]]
-            log_in = log_gaussian_bucket_probs(mu, sd, outer).squeeze(-1)  # `b x J x m`
-            log_w = fit.log_weights.unsqueeze(-1)  # `b x J x 1`
-            log_qi = torch.logsumexp(log_w + log_qi, dim=1)  # `b x m`
-            log_in = torch.logsumexp(log_w + log_in, dim=1)
+            w = fit.log_weights.exp().unsqueeze(-1)  # `b x J x 1`
+            q_i = gaussian_bucket_probs(mu, sd, pair).squeeze(-1)  # `b x J x m`
+            q_in = gaussian_bucket_probs(mu, sd, b64[[0, -1]]).squeeze(-1)  # `b x J x m`
+            log_qi = _floored_log((w * q_i).sum(1))  # `b x m`
+            log_in = _floored_log((w * q_in).sum(1))
             omega = self._omega(h, mu, var, fit)
             log_p = mix_log_probs(log_p_bar.to(f64), log_qi, omega)
             log_total = mix_log_probs(torch.zeros_like(log_in), log_in, omega)
