@@ -155,3 +155,68 @@ def test_training_loss_path_equals_bar_nll_of_the_full_output(variant):
     # an empty context: the bar part alone
     e = net(tX[:, :0], tY[:, :0], X, test_Y=Y)
     torch.testing.assert_close(e[ok], bar_nll(net(tX[:, :0], tY[:, :0], X).float(), Y, net.borders)[ok])
+
+
+# ------------------------------------------------------------ particle refinement
+def _refining_head(steps=20, min_context=8):
+    head = _head_with([[0.05] * 3, [3.0] * 3], [0.2, 5.0], [0.3, 1e-5], d=3)  # poor guesses
+    head.refine_steps, head.refine_min_context = steps, min_context
+    with torch.no_grad():
+        head.hyper.weight.normal_(0.0, 0.1)  # context-dependent proposals
+    return head.eval()
+
+
+def test_refinement_raises_each_particles_marginal_likelihood_in_eval_only():
+    X, Y, _ = _data(n=12, b=3)
+    token = torch.randn(3, 8, dtype=torch.float64)
+    head = _refining_head()
+    with torch.no_grad():  # a posterior call: refinement still gets its own graph
+        refined = head.fit(token, X, Y)
+    head.refine_steps = 0
+    proposed = head.fit(token, X, Y)
+    y = Y.squeeze(-1)
+
+    def lml(fit):  # each particle's own log marginal likelihood, from its factor
+        quad = (y.unsqueeze(1) * fit.alpha).sum(-1)
+        return -0.5 * quad - fit.L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    gain = lml(refined) - lml(proposed)  # `b x J`
+    assert bool((gain > 0).all()) and float(gain.max()) > 100.0  # every particle gains
+    # training mode never refines (the loss trains the proposals themselves)
+    head.refine_steps = 20
+    head.train()
+    for a, b in zip(head.fit(token, X, Y).tensors(), proposed.tensors()):
+        torch.testing.assert_close(a, b)
+
+
+def test_refinement_skips_small_contexts_and_ignores_the_batch():
+    X, Y, Xq = _data(n=12, b=3)
+    token = torch.randn(3, 8, dtype=torch.float64)
+    head = _refining_head(min_context=10)
+    Y_few = Y.clone()
+    Y_few[1, :4] = float("nan")  # context 1: 8 observed targets, below the threshold
+    fit = head.fit(token, X, Y_few)
+    head.refine_steps = 0
+    plain = head.fit(token, X, Y_few)
+    head.refine_steps = 20
+    torch.testing.assert_close(fit.inv_lengthscale[1], plain.inv_lengthscale[1])
+    assert not torch.allclose(fit.inv_lengthscale[0], plain.inv_lengthscale[0])
+    # each context alone gives the same fit as in the batch (elementwise Adam)
+    for i in range(3):
+        alone = head.fit(token[i : i + 1], X[i : i + 1], Y_few[i : i + 1])
+        for a, b in zip(head.predict(alone, Xq[i : i + 1]), head.predict(fit, Xq)):
+            torch.testing.assert_close(a[0], b[i], atol=1e-10, rtol=1e-9)
+
+
+def test_refinement_runs_under_inference_mode_and_is_recorded_in_the_config():
+    net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
+                     gp_head=True, gp_particles=2, gp_refine_steps=5,
+                     gp_refine_min_context=4)  # fmt: skip
+    assert net.config["gp_refine_steps"] == 5 and net.config["gp_refine_min_context"] == 4
+    X, Y, Xq = _data(n=9, d=3, b=1)
+    with torch.inference_mode():
+        out = net.predict(Xq[0].float(), net.encode_context(X[0].float(), Y[0].float()))
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="gp_refine_steps"):
+        PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2, nhid=16,
+                       num_buckets=10, gp_head=True, gp_refine_steps=-1)  # fmt: skip

@@ -42,7 +42,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _CONFIG_KEYS = (
     "num_features", "emsize", "nlayers", "nhead", "nhid", "num_buckets", "dropout",
     "max_context", "metric_attention", "gaussian_head", "noise_hint", "target_readout",
-    "gp_head", "gp_particles",
+    "gp_head", "gp_particles", "gp_refine_steps", "gp_refine_min_context",
 )  # fmt: skip
 
 

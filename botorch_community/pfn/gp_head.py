@@ -17,6 +17,16 @@ discretised GP mixture into the bar distribution with a weight predicted per tes
 Exact GP algebra gives what a bar distribution decoded from a token finds hardest: sharp,
 exact predictions at and between the observations of nearly noise-free data.
 
+At inference (eval mode) the particles can be refined before they are used: a few Adam
+steps of ascent on each particle's own log marginal likelihood, started from the
+network's proposal, for contexts of at least ``refine_min_context`` observed targets
+(`GPHead.refine_steps`, off by default; the shipped network uses 30 steps from 20
+targets on). With many observations the hyperparameter posterior concentrates near its
+mode, which a proposal read off one token only approximately hits; with few it is broad,
+and maximising the likelihood would overfit, so small contexts keep the proposals. The
+step is elementwise per particle (Adam), so a context's fit does not depend on which
+other contexts share its batch.
+
 The fit (Cholesky factors of the `n x n` kernel matrices, :class:`GPFit`) depends on the
 context only, so it is computed once per context and kept in the
 :class:`~botorch_community.pfn.kv_cache.KVCache`. All GP algebra runs in float64.
@@ -38,6 +48,8 @@ from botorch_community.pfn.bar_distribution import gaussian_bucket_probs, mix_lo
 GP_MIN_NOISE = 1e-6
 #: Diagonal jitter relative to a particle's outputscale.
 GP_JITTER = 1e-8
+#: Adam learning rate of the particles' refinement (on log hyperparameters).
+REFINE_LR = 0.05
 
 
 @dataclass(eq=False)
@@ -120,7 +132,13 @@ class GPHead(nn.Module):
     r"""GP particles from the context token, and their mixture at test points."""
 
     def __init__(
-        self, emsize: int, num_features: int, particles: int = 4, init_logit: float = -2.0
+        self,
+        emsize: int,
+        num_features: int,
+        particles: int = 4,
+        init_logit: float = -2.0,
+        refine_steps: int = 0,
+        refine_min_context: int = 20,
     ) -> None:
         r"""
         Args:
@@ -128,11 +146,21 @@ class GPHead(nn.Module):
             num_features: The most input dimensions of the network.
             particles: `J`, the number of hyperparameter particles.
             init_logit: Initial logit of the GP mixture's weight in the output.
+            refine_steps: Adam steps of marginal-likelihood ascent on the particles at
+                inference (eval mode only; 0: use the proposals as they are).
+            refine_min_context: Refine only contexts with at least this many observed
+                targets.
         """
         super().__init__()
         if particles < 1:
             raise ValueError(f"gp_particles must be at least 1, got {particles}.")
+        if refine_steps < 0 or refine_min_context < 1:
+            raise ValueError(
+                "gp_refine_steps must be >= 0 and gp_refine_min_context >= 1, got "
+                f"{refine_steps} and {refine_min_context}."
+            )
         self.num_features, self.particles = num_features, particles
+        self.refine_steps, self.refine_min_context = int(refine_steps), int(refine_min_context)
         J, nf = particles, num_features
         self.norm = nn.LayerNorm(emsize)
         # per particle: nf log lengthscales, log outputscale, log noise, weight logit.
@@ -171,31 +199,92 @@ class GPHead(nn.Module):
         with torch.autocast(token.device.type, enabled=False):
             z = self.norm(token.to(self.norm.weight.dtype))
             raw = self.hyper(z).view(b, J, nf + 3).to(f64)
-            # lengthscales grow like sqrt(d), as in the prior
-            log_ls = (raw[..., :d] + 0.5 * math.log(max(d, 1))).clamp(-7.0, 7.0)
-            os = raw[..., nf].clamp(-7.0, 4.0).exp()  # `b x J`
-            noise = raw[..., nf + 1].clamp(math.log(GP_MIN_NOISE), 2.0).exp()
+            # raw (log lengthscales, log outputscale, log noise) and weight logit
+            theta = torch.cat([raw[..., :d], raw[..., nf : nf + 2]], dim=-1)  # `b x J x (d+2)`
+            logit = raw[..., nf + 2]
             X = context_X.to(f64)
             y = context_Y.to(f64).squeeze(-1)  # `b x n`
             observed = (~torch.isnan(y)).to(f64)
             y = torch.nan_to_num(y, nan=0.0)
-            inv_ls = torch.exp(-log_ls)  # `b x J x d`
-            Z = X.unsqueeze(1) * inv_ls.unsqueeze(-2)  # `b x J x n x d`
-            matern = self._is_matern(token.device)
-            om = observed.unsqueeze(1)  # `b x 1 x n`
-            K = unit_kernel(_sqdist(Z, Z), matern) * os[..., None, None]
-            K = K * om.unsqueeze(-1) * om.unsqueeze(-2)  # missing rows/cols: 0
-            diag = torch.where(om > 0, (noise + GP_JITTER * os).unsqueeze(-1), 1.0)
-            L = _robust_cholesky(K, diag, os)
-            yj = y.unsqueeze(1).expand(b, J, n)
-            alpha = torch.cholesky_solve(yj.unsqueeze(-1), L).squeeze(-1)  # `b x J x n`
-            lml = (
-                -0.5 * (yj * alpha).sum(-1)
-                - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-                - 0.5 * observed.sum(-1, keepdim=True) * math.log(2 * math.pi)
-            )  # `b x J`
-            log_w = torch.log_softmax(raw[..., nf + 2] + lml, dim=-1)
-        return GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed)
+            if self.refine_steps > 0 and not self.training:
+                theta = self._refine(theta, X, y, observed)
+            fit, lml = self._condition(theta, X, y, observed)
+            log_w = torch.log_softmax(logit + lml, dim=-1)
+        return GPFit(*fit, log_w, observed)
+
+    def _condition(
+        self, theta: Tensor, X: Tensor, y: Tensor, observed: Tensor
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
+        r"""The particles `theta` (`b x J x (d + 2)`, raw) conditioned on a context.
+
+        Returns:
+            `((Z, inv_lengthscale, outputscale, noise, L, alpha), lml)`, the first six
+            fields of a :class:`GPFit` and the `b x J` log marginal likelihoods.
+        """
+        b, n, d = X.shape
+        J = theta.shape[1]
+        # lengthscales grow like sqrt(d), as in the prior
+        log_ls = (theta[..., :d] + 0.5 * math.log(max(d, 1))).clamp(-7.0, 7.0)
+        os = theta[..., d].clamp(-7.0, 4.0).exp()  # `b x J`
+        noise = theta[..., d + 1].clamp(math.log(GP_MIN_NOISE), 2.0).exp()
+        inv_ls = torch.exp(-log_ls)  # `b x J x d`
+        Z = X.unsqueeze(1) * inv_ls.unsqueeze(-2)  # `b x J x n x d`
+        om = observed.unsqueeze(1)  # `b x 1 x n`
+        K = unit_kernel(_sqdist(Z, Z), self._is_matern(X.device)) * os[..., None, None]
+        K = K * om.unsqueeze(-1) * om.unsqueeze(-2)  # missing rows/cols: 0
+        diag = torch.where(om > 0, (noise + GP_JITTER * os).unsqueeze(-1), 1.0)
+        L = _robust_cholesky(K, diag, os)
+        yj = y.unsqueeze(1).expand(b, J, n)
+        alpha = torch.cholesky_solve(yj.unsqueeze(-1), L).squeeze(-1)  # `b x J x n`
+        lml = (
+            -0.5 * (yj * alpha).sum(-1)
+            - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            - 0.5 * observed.sum(-1, keepdim=True) * math.log(2 * math.pi)
+        )  # `b x J`
+        return (Z, inv_ls, os, noise, L, alpha), lml
+
+    def _refine(self, theta: Tensor, X: Tensor, y: Tensor, observed: Tensor) -> Tensor:
+        r"""`refine_steps` Adam steps of ascent on each particle's log marginal
+        likelihood per observation, for the contexts with at least
+        `refine_min_context` observed targets (the others keep `theta`).
+
+        Adam's update is elementwise and each particle's objective is its own, so a
+        context's result does not depend on its batch. The result is held constant for
+        gradients: where the context depends on differentiable inputs (the extended
+        contexts of :class:`MultivariatePFNModel`), gradients are taken at fixed refined
+        hyperparameters, as BoTorch does for a fitted GP's fantasies. `eps = 1e-4` keeps the update
+        proportional to the gradient where it is near zero, so round-off in the
+        proposal is not amplified into a step.
+
+        Args:
+            theta: `b x J x (d + 2)` raw particles (float64).
+            X, y, observed: The context, `b x n x d`, `b x n`, `b x n` (float64).
+
+        Returns:
+            `b x J x (d + 2)`: the refined particles (detached from the network) where
+            refined, `theta` elsewhere.
+        """
+        n_obs = observed.sum(-1)  # `b`
+        todo = n_obs >= self.refine_min_context
+        if not bool(todo.any()):
+            return theta
+        # A graph of its own, even under no_grad or inference_mode (posterior calls).
+        with torch.inference_mode(False), torch.enable_grad():
+            # the refined particles are constants of the context for gradients (as a
+            # fitted GP's hyperparameters are): no graph into the context's inputs
+            Xr, yr, obs = (t[todo].detach().clone() for t in (X, y, observed))
+            per_obs = obs.sum(-1, keepdim=True)  # `b' x 1`
+            p = theta[todo].detach().clone().requires_grad_(True)
+            opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
+            for _ in range(self.refine_steps):
+                opt.zero_grad()
+                lml = self._condition(p, Xr, yr, obs)[1]  # `b' x J`
+                (-(lml / per_obs).sum()).backward()
+                opt.step()
+            refined = p.detach()
+        full = theta.detach().clone()
+        full[todo] = refined
+        return torch.where(todo.view(-1, 1, 1), full, theta)
 
     def _is_matern(self, device: torch.device) -> Tensor:
         return (torch.arange(self.particles, device=device) % 2 == 0).view(1, -1, 1, 1)

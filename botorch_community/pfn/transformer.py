@@ -292,6 +292,8 @@ class PFNTransformer(nn.Module):
         gp_head: bool = False,
         gp_particles: int = 4,
         gp_init_logit: float = -2.0,
+        gp_refine_steps: int = 0,
+        gp_refine_min_context: int = 20,
     ) -> None:
         r"""
         Args:
@@ -348,6 +350,11 @@ class PFNTransformer(nn.Module):
             gp_particles: The number of hyperparameter particles of the GP head.
             gp_init_logit: Initial mixing logit of the GP head (an initialisation only,
                 not part of the config).
+            gp_refine_steps: Adam steps of marginal-likelihood ascent on the GP head's
+                particles at inference (eval mode; 0: off). Part of the config: it
+                changes the predictions, not the weights.
+            gp_refine_min_context: Refine contexts of at least this many observed
+                targets only.
         """
         super().__init__()
         if borders is None:
@@ -380,6 +387,9 @@ class PFNTransformer(nn.Module):
         if gp_head:
             self.config["gp_head"] = True
             self.config["gp_particles"] = int(gp_particles)
+            if gp_refine_steps:
+                self.config["gp_refine_steps"] = int(gp_refine_steps)
+                self.config["gp_refine_min_context"] = int(gp_refine_min_context)
         self.noise_hint = bool(noise_hint)
         self.target_readout = bool(target_readout)
         self.gp_head = bool(gp_head)
@@ -433,7 +443,8 @@ class PFNTransformer(nn.Module):
             with torch.no_grad():
                 self.readout_head.bias.copy_(torch.tensor([0.0, -3.0, readout_init_logit]))
         if gp_head:
-            self.gp = GPHead(emsize, num_features, gp_particles, gp_init_logit)
+            self.gp = GPHead(emsize, num_features, gp_particles, gp_init_logit,
+                             gp_refine_steps, gp_refine_min_context)  # fmt: skip
 
     # ------------------------------------------------------------------ output
     def output_log_probs(
