@@ -8,7 +8,9 @@ Usage::
         --stage '{"stage": "fine-tune 4", "config": "configs/default_metric.json", ...}'
 
 The stage record gets the run's step count and training seconds (from the checkpoint's
-``train_state.json`` next to it) unless given; the totals are updated.
+``train_state.json`` next to it) unless given; the totals are updated. ``--config-set``
+changes inference settings of the architecture config that are not weights (e.g.
+``gp_refine_steps=30``); the weights must still load strictly.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from botorch_community.pfn.checkpoint import DEFAULT_WEIGHTS, load_pretrained, save_pretrained
+from botorch_community.pfn.transformer import PFNTransformer
 
 
 def main() -> None:
@@ -29,12 +32,22 @@ def main() -> None:
     p.add_argument("checkpoint", help="stem of the checkpoint to ship (e.g. runs/x/model)")
     p.add_argument("--stage", required=True, help="JSON record of the new training stage")
     p.add_argument("--description", default=None, help="new metadata description")
+    p.add_argument("--config-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set an architecture config value (JSON), e.g. gp_refine_steps=30")
     args = p.parse_args()
 
     old = load_pretrained(None)
     meta = copy.deepcopy(old.checkpoint_metadata)
     net = load_pretrained(args.checkpoint)
     run_meta = net.checkpoint_metadata
+    if args.config_set:
+        cfg = dict(net.config)
+        for item in args.config_set:
+            key, value = item.split("=", 1)
+            cfg[key] = json.loads(value)
+        rebuilt = PFNTransformer(**cfg, borders=net.borders)
+        rebuilt.load_state_dict(net.state_dict())  # strict: settings only, no weights
+        net = rebuilt
     stage = json.loads(args.stage)
     state_path = Path(args.checkpoint).parent / "train_state.json"
     if state_path.exists():
