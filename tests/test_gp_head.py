@@ -220,3 +220,30 @@ def test_refinement_runs_under_inference_mode_and_is_recorded_in_the_config():
     with pytest.raises(ValueError, match="gp_refine_steps"):
         PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2, nhid=16,
                        num_buckets=10, gp_head=True, gp_refine_steps=-1)  # fmt: skip
+
+
+def test_changing_the_refinement_refreshes_caches_and_the_float64_copy():
+    from botorch_community.models.prior_fitted_network import PFNModel
+
+    net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
+                     gp_head=True, gp_particles=2, gp_refine_steps=5,
+                     gp_refine_min_context=4)  # fmt: skip
+    with torch.no_grad():
+        net.gp.mix.bias.fill_(2.0)  # mostly the GP part: the refinement shows
+    X, Y, Xq = _data(n=9, d=3, b=1)
+    model = PFNModel(X[0], Y[0], model=net)  # float64 data: a float64 copy of the net
+    with model.cache_training_context():
+        before = model.posterior(Xq[0]).mean
+        net.set_gp_refinement(0)
+        assert "gp_refine_steps" not in net.config
+        off = model.posterior(Xq[0]).mean
+        net.set_gp_refinement(5, 4)
+        again = model.posterior(Xq[0]).mean
+    assert net.config["gp_refine_steps"] == 5
+    ref = PFNModel(X[0], Y[0], model=net, cache_context=False)
+    net.set_gp_refinement(0)
+    torch.testing.assert_close(off, ref.posterior(Xq[0]).mean)
+    torch.testing.assert_close(before, again)
+    assert (before - off).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="no GP head"):
+        random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16).set_gp_refinement(3)

@@ -82,6 +82,15 @@ class GPFit:
                 self.alpha, self.log_weights, self.observed)  # fmt: skip
 
 
+def check_refinement(steps: int, min_context: int) -> None:
+    r"""Raise a ValueError for invalid refinement settings."""
+    if steps < 0 or min_context < 1:
+        raise ValueError(
+            "gp_refine_steps must be >= 0 and gp_refine_min_context >= 1, got "
+            f"{steps} and {min_context}."
+        )
+
+
 def _floored_log(q: Tensor) -> Tensor:
     r"""`log q` floored at `log(1e-30)`, as for a single Gaussian's buckets."""
     return q.clamp_min(1e-30).log()
@@ -154,11 +163,7 @@ class GPHead(nn.Module):
         super().__init__()
         if particles < 1:
             raise ValueError(f"gp_particles must be at least 1, got {particles}.")
-        if refine_steps < 0 or refine_min_context < 1:
-            raise ValueError(
-                "gp_refine_steps must be >= 0 and gp_refine_min_context >= 1, got "
-                f"{refine_steps} and {refine_min_context}."
-            )
+        check_refinement(refine_steps, refine_min_context)
         self.num_features, self.particles = num_features, particles
         self.refine_steps, self.refine_min_context = int(refine_steps), int(refine_min_context)
         J, nf = particles, num_features

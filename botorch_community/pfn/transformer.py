@@ -30,7 +30,7 @@ from botorch_community.pfn.bar_distribution import (
     log_gaussian_bucket_probs,
     mix_log_probs,
 )
-from botorch_community.pfn.gp_head import GPHead
+from botorch_community.pfn.gp_head import check_refinement, GPHead
 from botorch_community.pfn.kv_cache import KVCache
 
 
@@ -860,6 +860,8 @@ class PFNTransformer(nn.Module):
             cast = PFNTransformer(**self.config, borders=self.borders.detach().clone())
             cast.load_state_dict(self.state_dict())
             cast = cast.to(device=self.borders.device, dtype=dtype).requires_grad_(False)
+            if self.gp_head:  # the settings now, not the config's
+                cast.gp.refine_steps, cast.gp.refine_min_context = self._gp_refinement()
             hit = (state, cast)
             casts[dtype] = hit
         hit[1].train(self.training)
@@ -877,12 +879,37 @@ class PFNTransformer(nn.Module):
 
     # ------------------------------------------------------------------- cached
     def weights_state(self) -> tuple:
-        r"""A key of the current weights: changes when any parameter or buffer is
-        replaced or edited in place (tensor version counters), or moved."""
+        r"""A key of the current weights and inference settings: changes when any
+        parameter or buffer is replaced or edited in place (tensor version counters) or
+        moved, or when the GP head's refinement settings change."""
         return tuple(
             (id(t), t._version, t.dtype, t.device)
             for t in (*self.parameters(), *self.buffers())
-        )
+        ) + (self._gp_refinement(),)
+
+    def _gp_refinement(self) -> tuple[int, int]:
+        return (self.gp.refine_steps, self.gp.refine_min_context) if self.gp_head else (0, 0)
+
+    def set_gp_refinement(self, steps: int, min_context: Optional[int] = None) -> None:
+        r"""Set the GP head's particle refinement at inference (and the config that a
+        saved checkpoint records). Caches built before are stale afterwards, and
+        ``PFNModel`` rebuilds them.
+
+        Args:
+            steps: Adam steps of marginal-likelihood ascent (0: off).
+            min_context: Refine contexts with at least this many observed targets
+                (unchanged if None).
+        """
+        if not self.gp_head:
+            raise ValueError("This network has no GP head (gp_head=False).")
+        min_context = self.gp.refine_min_context if min_context is None else min_context
+        check_refinement(steps, min_context)
+        self.gp.refine_steps, self.gp.refine_min_context = int(steps), int(min_context)
+        self.config.pop("gp_refine_steps", None)
+        self.config.pop("gp_refine_min_context", None)
+        if steps:
+            self.config["gp_refine_steps"] = int(steps)
+            self.config["gp_refine_min_context"] = int(min_context)
 
     @torch.no_grad()
     def encode_context(
