@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+r"""What the GP head costs at inference: context encode + fit, and one acquisition call.
+
+For each context size `n` (d = 6, float64 data, one torch thread), it prints the time to
+build a ``PFNModel`` and encode its context (the GP head's fit and particle refinement
+included; best of the 2nd and 3rd builds, so the float64 copy of the network is warm) and
+the median time of one LogEI value + gradient on 512 points with the cached context. For a
+network with a GP head both with the refinement (as shipped) and without it; pass a second
+checkpoint (``--compare``, e.g. the stage-5 files from git) to time it in the same run.
+
+Usage::
+
+    .venv/bin/python benchmarks/gp_head_cost.py [--checkpoint PATH] [--compare PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def time_network(net, label: str, ns, d: int = 6, points: int = 512) -> None:
+    import torch
+    from botorch.acquisition import LogExpectedImprovement
+    from botorch_community.models.prior_fitted_network import PFNModel
+
+    g = torch.Generator().manual_seed(0)
+    for n in ns:
+        X = torch.rand(n, d, generator=g, dtype=torch.float64)
+        Y = (X - 0.5).pow(2).sum(-1, keepdim=True)
+        builds, calls = [], []
+        for _ in range(3):
+            t = time.perf_counter()
+            model = PFNModel(X, Y, model=net)
+            with model.cache_training_context():
+                acq = LogExpectedImprovement(model, best_f=Y.max())
+                acq(torch.rand(1, 1, d, generator=g, dtype=torch.float64))
+                builds.append(time.perf_counter() - t)
+                for _ in range(5):
+                    Xt = torch.rand(points, 1, d, generator=g, dtype=torch.float64)
+                    Xt.requires_grad_(True)
+                    t0 = time.perf_counter()
+                    acq(Xt).sum().backward()
+                    calls.append(time.perf_counter() - t0)
+        calls.sort()
+        print(f"| {label} | {n} | {1000 * min(builds[1:]):.0f} ms | "
+              f"{1000 * calls[len(calls) // 2]:.0f} ms |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="network (default: the shipped one)")
+    p.add_argument("--compare", default=None, help="a second checkpoint to time alongside")
+    p.add_argument("--ns", type=int, nargs="+", default=[10, 50, 200])
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    C.set_threads(args.threads)
+    from botorch_community.pfn import load_pretrained
+
+    print("| network | n | encode + fit | LogEI value + grad, 512 points |\n|---|---|---|---|")
+    net = load_pretrained(args.checkpoint)
+    if net.gp_head:
+        steps, min_context = net.gp.refine_steps, net.gp.refine_min_context
+        time_network(net, f"GP head, refined ({steps} steps from n = {min_context})", args.ns)
+        net.set_gp_refinement(0)
+        time_network(net, "GP head, not refined", args.ns)
+        net.set_gp_refinement(steps, min_context)
+    else:
+        time_network(net, "no GP head", args.ns)
+    if args.compare:
+        time_network(load_pretrained(args.compare), Path(args.compare).name, args.ns)
+
+
+if __name__ == "__main__":
+    main()
