@@ -387,9 +387,6 @@ class PFNTransformer(nn.Module):
         if gp_head:
             self.config["gp_head"] = True
             self.config["gp_particles"] = int(gp_particles)
-            if gp_refine_steps:
-                self.config["gp_refine_steps"] = int(gp_refine_steps)
-                self.config["gp_refine_min_context"] = int(gp_refine_min_context)
         self.noise_hint = bool(noise_hint)
         self.target_readout = bool(target_readout)
         self.gp_head = bool(gp_head)
@@ -443,8 +440,9 @@ class PFNTransformer(nn.Module):
             with torch.no_grad():
                 self.readout_head.bias.copy_(torch.tensor([0.0, -3.0, readout_init_logit]))
         if gp_head:
-            self.gp = GPHead(emsize, num_features, gp_particles, gp_init_logit,
-                             gp_refine_steps, gp_refine_min_context)  # fmt: skip
+            self.gp = GPHead(emsize, num_features, gp_particles, gp_init_logit)
+            # settings and their config entries in one place
+            self.set_gp_refinement(gp_refine_steps, gp_refine_min_context)
 
     # ------------------------------------------------------------------ output
     def output_log_probs(
