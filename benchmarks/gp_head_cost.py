@@ -66,7 +66,7 @@ def main() -> None:
     print("| network | n | encode + fit | LogEI value + grad, 512 points |\n|---|---|---|---|")
     net = load_pretrained(args.checkpoint)
     if net.gp_head:
-        steps, min_context = net.gp.refine_steps, net.gp.refine_min_context
+        steps, min_context = net.config.gp_refine_steps, net.config.gp_refine_min_context
         time_network(net, f"GP head, refined ({steps} steps from n = {min_context})", args.ns)
         net.set_gp_refinement(0)
         time_network(net, "GP head, not refined", args.ns)

@@ -13,3 +13,10 @@ from botorch_community._path import extend_with_upstream
 __path__ = extend_with_upstream(__path__, __name__)
 
 __version__ = "0.1.0"
+
+# Ax integration, installed once from here: `botorch_community.ax.register_with_ax()`
+# runs when Ax is imported (now, if it already is). Neither Ax nor our `ax` module is
+# imported here; see `botorch_community/_ax_hook.py`.
+from botorch_community import _ax_hook  # noqa: E402
+
+_ax_hook.install()

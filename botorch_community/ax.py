@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 r"""PFN surrogates in Ax's modular BoTorch generator (ax-platform 1.3.x).
 
-Importing :mod:`botorch_community.models.prior_fitted_network` imports this module,
-which, when Ax is installed, registers with Ax:
+Nothing in the package imports this module: importing any ``botorch_community`` module
+installs an import hook (:mod:`botorch_community._ax_hook`) that imports this module and
+calls :func:`register_with_ax` right after Ax itself is imported (at once if it already
+is). Importing our models therefore never imports Ax (which takes seconds). The
+registrations:
 
 * a fitting routine for :class:`PFNModel` / :class:`MultivariatePFNModel` in Ax's
   ``fit_botorch_model`` dispatcher (what ``Surrogate._construct_model`` calls in Ax
@@ -12,8 +15,8 @@ which, when Ax is installed, registers with Ax:
   leave-one-out cross-validation that asserts a ``GPyTorchPosterior``.
 * the PFN model classes and the discretized acquisition functions in Ax's storage
   registries, so that an experiment and generation strategy naming them round-trips
-  through JSON (and SQA). In a fresh process, import this module (or the model module)
-  before loading.
+  through JSON (and SQA). In a fresh process, import any ``botorch_community`` module
+  (e.g. this one, or the model module) before loading.
 
 Networks are named, not passed: Ax deep-copies ``ModelConfig.model_options`` for every
 model it builds, so the options carry a name or path (``network="default"``, a checkpoint
@@ -21,6 +24,8 @@ path, or a name given to :func:`register_network`). :func:`load_network` loads e
 network once per process; all PFN models of all outcomes and all generation calls share
 that one object, and each model keeps its own encoded context (``cache_context=True``,
 the default), so Ax's optimizer gets the cached-context speed-up with no caching code.
+(Network lookup lives in :mod:`botorch_community.pfn.networks` and option parsing in
+``PFNModel.construct_inputs``, neither needing Ax; their names are re-exported here.)
 
 Example:
     >>> from ax import Client, RangeParameterConfig
@@ -35,19 +40,25 @@ Example:
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.util
 import os
-import sys
 import threading
-import warnings
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-import torch
 from botorch.exceptions.errors import UnsupportedError
-from botorch.utils.datasets import MultiTaskDataset, RankingDataset, SupervisedDataset
+from botorch.utils.datasets import SupervisedDataset
 
+from botorch_community import _ax_hook
+from botorch_community.models._model_options import (  # noqa: F401 (re-exported)
+    construct_pfn_inputs,
+    PFN_MODEL_OPTIONS,
+)
+from botorch_community.pfn.networks import (  # noqa: F401 (re-exported)
+    clear_network_cache,
+    load_network,
+    NetworkSpec,
+    register_network,
+)
 from botorch_community.pfn.transformer import PFNTransformer
 
 __all__ = [
@@ -62,214 +73,10 @@ __all__ = [
     "register_with_ax",
 ]
 
-#: Whether ax-platform is installed (checked without importing it: importing Ax takes
-#: seconds, so the registrations wait until Ax is imported; see `_install_ax_hook`).
+#: Whether ax-platform is installed (checked without importing it).
 AX_AVAILABLE = importlib.util.find_spec("ax") is not None
 
-NetworkSpec = Union[None, str, os.PathLike, PFNTransformer]
-
-# ------------------------------------------------------------------ networks
 _LOCK = threading.RLock()
-_LOADED: dict[tuple, PFNTransformer] = {}  # (weights file, mtime, size, device) -> net
-_REGISTERED: dict[str, PFNTransformer] = {}  # user-given names -> in-memory nets
-
-
-def register_network(name: str, network: PFNTransformer) -> None:
-    r"""Make an in-memory network available to Ax under `name`.
-
-    Ax deep-copies model options, so a network object placed there would be copied
-    for every model. Register it instead and pass ``network=name``; every model then
-    shares this object. (A JSON-saved experiment stores only the name: register it
-    again before loading the experiment in a new process.)
-    """
-    if not isinstance(network, PFNTransformer):
-        raise UnsupportedError(
-            f"register_network needs a PFNTransformer, got {type(network).__name__}."
-        )
-    if not isinstance(name, str) or not name or name == "default":
-        raise ValueError("The name must be a non-empty string other than 'default'.")
-    with _LOCK:
-        _REGISTERED[name] = network
-
-
-def clear_network_cache() -> None:
-    r"""Forget loaded networks (registered ones stay). Models keep their reference."""
-    with _LOCK:
-        _LOADED.clear()
-
-
-def load_network(
-    network: NetworkSpec = "default",
-    device: Union[str, torch.device, None] = None,
-) -> PFNTransformer:
-    r"""The network named by `network`, loaded at most once per process and device.
-
-    Args:
-        network: ``"default"`` or None (the shipped default weights), a name given to
-            :func:`register_network`, a local checkpoint path (stem, either file, or a
-            directory; see :func:`botorch_community.pfn.checkpoint.checkpoint_paths`),
-            or a :class:`PFNTransformer` (returned as is).
-        device: Where the network should live (default: CPU).
-
-    Returns:
-        The shared, inference-only network. Loading the same file again (by any
-        spelling of its path) returns the same object, unless the file changed.
-    """
-    if isinstance(network, PFNTransformer):
-        return network
-    if network is not None and not isinstance(network, (str, os.PathLike)):
-        raise UnsupportedError(
-            "`network` must be 'default', a checkpoint path, a name registered with "
-            f"botorch_community.ax.register_network, or a PFNTransformer; got "
-            f"{type(network).__name__}."
-        )
-    device = torch.device("cpu" if device is None else device)
-    from botorch_community.pfn.checkpoint import (
-        checkpoint_paths,
-        DEFAULT_WEIGHTS,
-        load_pretrained,
-    )
-
-    name = None if network is None else os.fspath(network)
-    with _LOCK:
-        if name is not None and name in _REGISTERED:
-            return _REGISTERED[name]  # as registered (its device is the user's choice)
-        if name is not None and "://" in name:
-            raise UnsupportedError(
-                f"network={name!r} looks like a URL; nothing is downloaded at run "
-                "time. Pass a local checkpoint path, a registered name, or 'default'."
-            )
-        is_default = name in (None, "default")
-        stem = DEFAULT_WEIGHTS if is_default else Path(name).expanduser()
-        w_path, c_path = checkpoint_paths(stem)
-        if not w_path.exists():
-            if is_default:
-                raise FileNotFoundError(
-                    f"The default PFN weights are not installed ({w_path} is missing). "
-                    "Reinstall the package, or pass network=<checkpoint path>."
-                )
-            known = sorted(_REGISTERED)
-            raise FileNotFoundError(
-                f"network={name!r} is neither a registered network name "
-                f"(registered: {known}) nor a checkpoint: {w_path} does not exist."
-            )
-        stat = w_path.stat()
-        key = (str(w_path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
-        net = _LOADED.get(key)
-        if net is None:
-            net = load_pretrained(None if is_default else stem, device=device)
-            net.requires_grad_(False)
-            _LOADED[key] = net
-        return net
-
-
-# ------------------------------------------------------------ construct_inputs
-#: The options `PFNModel.construct_inputs` accepts (Ax: ``ModelConfig.model_options``).
-PFN_MODEL_OPTIONS = {
-    "network": "'default', a local checkpoint path, or a name registered with "
-    "botorch_community.ax.register_network",
-    "checkpoint_url": "alias of `network` (a local path; nothing is downloaded)",
-    "model": "a PFNTransformer object (outside Ax only: Ax deep-copies options)",
-    "cache_context": "keep the encoded context between posterior calls (default True)",
-    "input_transform": "a BoTorch InputTransform (Ax passes a Normalize itself)",
-    "network_dtype": "'float32' or 'float64': the dtype the network computes in (default: "
-    "float64 for Ax's float64 data)",
-    "ensemble_size": "average the predictive over this many input symmetries of the prior "
-    "(default 1; each member costs one more network pass)",
-}
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# What Ax derives from the search space and passes when it applies.
-_SEARCH_SPACE_KWARGS = (
-    "categorical_features",
-    "fidelity_features",
-    "task_feature",
-    "hierarchical_dependencies",
-)
-
-
-def construct_pfn_inputs(
-    model_class: type, training_data: SupervisedDataset, **options: Any
-) -> dict[str, Any]:
-    r"""Implementation of ``PFNModel.construct_inputs`` (see there)."""
-    name = model_class.__name__
-    unknown = sorted(set(options) - set(PFN_MODEL_OPTIONS) - set(_SEARCH_SPACE_KWARGS))
-    if unknown:
-        accepted = "\n".join(f"  {k}: {v}" for k, v in PFN_MODEL_OPTIONS.items())
-        raise UnsupportedError(
-            f"{name} got unknown model option(s) {unknown}. It accepts:\n{accepted}\n"
-            "A PFN has nothing to fit: GP options (covar_module, likelihood, "
-            "outcome_transform, mll options) do not apply."
-        )
-    if not isinstance(training_data, SupervisedDataset):
-        raise TypeError(
-            f"{name}.construct_inputs expects a SupervisedDataset, got "
-            f"{type(training_data).__name__}."
-        )
-    if isinstance(training_data, (MultiTaskDataset, RankingDataset)):
-        raise UnsupportedError(
-            f"{name} does not support {type(training_data).__name__} (multi-task or "
-            "preference data); use a GP model for those metrics."
-        )
-    for key in ("fidelity_features", "task_feature", "hierarchical_dependencies"):
-        if options.get(key) not in (None, [], {}):
-            raise UnsupportedError(
-                f"{name} does not support {key}={options[key]!r}: the PFN models one "
-                "continuous single-task, single-fidelity function. Use a GP model "
-                "(e.g. MultiTaskGP / SingleTaskMultiFidelityGP) for such search spaces."
-            )
-    categorical = options.get("categorical_features")
-    if categorical:
-        warnings.warn(
-            f"{name}: features {list(categorical)} are categorical in Ax's search space; "
-            "the PFN treats their (normalised) integer codes as continuous inputs.",
-            UserWarning,
-            stacklevel=3,
-        )
-    Y = training_data.Y
-    if Y.shape[-1] != 1:
-        raise UnsupportedError(
-            f"{name} models a single outcome but the dataset has {Y.shape[-1]} "
-            f"({training_data.outcome_names}). Ax builds one model per metric (a "
-            "ModelList) when each metric has its own dataset."
-        )
-    if options.get("network") is not None and options.get("checkpoint_url") is not None:
-        raise UnsupportedError(
-            "Pass either `network` or `checkpoint_url` (an alias), not both."
-        )
-    network = options.get("model")
-    if network is not None:
-        if not isinstance(network, PFNTransformer):
-            raise UnsupportedError(
-                f"`model` must be a PFNTransformer, got {type(network).__name__}; to "
-                "name a checkpoint pass network=<path>."
-            )
-        if options.get("network") is not None or options.get("checkpoint_url"):
-            raise UnsupportedError("Pass either `model` or `network`, not both.")
-    else:
-        spec = options.get("network") or options.get("checkpoint_url") or "default"
-        network = load_network(spec, training_data.X.device)
-    inputs: dict[str, Any] = {
-        "train_X": training_data.X,
-        "train_Y": Y,
-        "model": network,
-        "cache_context": bool(options.get("cache_context", True)),
-    }
-    if training_data.Yvar is not None:
-        inputs["train_Yvar"] = training_data.Yvar
-    if options.get("input_transform") is not None:
-        inputs["input_transform"] = options["input_transform"]
-    dt = options.get("network_dtype")
-    if dt is not None:
-        if isinstance(dt, str):
-            if dt not in _DTYPES:
-                raise UnsupportedError(
-                    f"network_dtype must be one of {sorted(_DTYPES)}, got {dt!r}."
-                )
-            dt = _DTYPES[dt]
-        inputs["network_dtype"] = dt
-    if options.get("ensemble_size") is not None:
-        inputs["ensemble_size"] = options["ensemble_size"]
-    return inputs
 
 
 # ---------------------------------------------------------- Ax registrations
@@ -314,7 +121,7 @@ def register_with_ax() -> bool:
             PFNModel,
         )
 
-        _remove_ax_hook()
+        _ax_hook.uninstall()
 
         @fit_botorch_model.register(PFNModel)
         def _fit_pfn_model(
@@ -503,57 +310,3 @@ def pfn_generation_strategy(
     acq_name = "auto" if acquisition is None else acquisition.__name__
     default_name = f"Sobol+{config.botorch_model_class.__name__}+{acq_name}"
     return GenerationStrategy(nodes=steps, name=name or default_name)
-
-
-# ------------------------------------------------------------- lazy registration
-class _AxImportHook(importlib.abc.MetaPathFinder):
-    r"""Runs :func:`register_with_ax` right after the ``ax`` package is imported.
-
-    Importing Ax takes seconds, and importing our model module should not. So the
-    registrations happen at once if Ax is already imported, else just after the first
-    ``import ax`` (or of any ``ax.*`` module, which imports the package first).
-    """
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != "ax":
-            return None
-        _remove_ax_hook()
-        spec = importlib.util.find_spec("ax")  # the real spec, from the other finders
-        if spec is None or spec.loader is None:
-            return spec
-        loader_exec = spec.loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            loader_exec(module)
-            try:
-                register_with_ax()
-            except Exception as e:  # never break `import ax`
-                warnings.warn(
-                    f"Registering PFN models with Ax failed ({type(e).__name__}: {e}); "
-                    "call botorch_community.ax.register_with_ax() to see the error.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-
-        spec.loader.exec_module = exec_module  # this module's loader instance only
-        return spec
-
-
-_HOOK = _AxImportHook()
-
-
-def _remove_ax_hook() -> None:
-    if _HOOK in sys.meta_path:
-        sys.meta_path.remove(_HOOK)
-
-
-def _install_ax_hook() -> None:
-    if not AX_AVAILABLE:
-        return
-    if "ax" in sys.modules:
-        register_with_ax()
-    elif _HOOK not in sys.meta_path:
-        sys.meta_path.insert(0, _HOOK)
-
-
-_install_ax_hook()

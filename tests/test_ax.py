@@ -384,7 +384,9 @@ def test_model_selection_gives_clear_error(net):
 LAZY = """
 import sys
 import botorch_community.models.prior_fitted_network as m
+import botorch_community.acquisition.discretized
 assert "ax" not in sys.modules, "importing the model must not import Ax"
+assert "botorch_community.ax" not in sys.modules, "nothing imports botorch_community.ax"
 import ax  # the registrations run right after Ax's package import
 from ax.storage.botorch_modular_registry import CLASS_TO_REVERSE_REGISTRY as R
 from botorch.models.model import Model

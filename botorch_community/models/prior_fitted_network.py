@@ -32,8 +32,10 @@ from botorch.models.transforms.input import InputTransform
 from gpytorch.likelihoods.gaussian_likelihood import FixedNoiseGaussianLikelihood
 from torch import Tensor
 
+from botorch_community.models._model_options import construct_pfn_inputs
 from botorch_community.pfn.kv_cache import KVCache
-from botorch_community.pfn.standardize import context_moments
+from botorch_community.pfn.networks import load_network
+from botorch_community.pfn.target_map import TargetMap
 from botorch_community.pfn.symmetries import (
     apply_input_symmetries,
     input_symmetries,
@@ -66,7 +68,15 @@ class _SharedNetwork:
         return self  # share, never copy, the (read-only) network
 
 
-def _as_network(model: Optional[torch.nn.Module], checkpoint_path: Optional[str]):
+def _as_network(
+    model: Optional[torch.nn.Module],
+    checkpoint_path: Optional[str],
+    device: Union[str, torch.device, None] = None,
+) -> PFNTransformer:
+    r"""The network of a model: `model` itself, else the checkpoint at
+    `checkpoint_path` (a local path, or a name given to ``register_network``), else the
+    shipped default network. Checkpoints are loaded once per process and shared by all
+    models (:func:`botorch_community.pfn.networks.load_network`)."""
     if model is not None:
         if not isinstance(model, PFNTransformer):
             raise UnsupportedError(
@@ -75,15 +85,13 @@ def _as_network(model: Optional[torch.nn.Module], checkpoint_path: Optional[str]
                 "supported: their context cannot be cached."
             )
         return model
-    from botorch_community.pfn.checkpoint import load_pretrained
-
     if checkpoint_path is not None and "://" in str(checkpoint_path):
         raise UnsupportedError(
             f"checkpoint_url={checkpoint_path!r} looks like a URL; nothing is downloaded "
             "at run time. Pass a local checkpoint path, or leave it unset for the "
             "default network shipped with the package."
         )
-    return load_pretrained(checkpoint_path)
+    return load_network(checkpoint_path, device)
 
 
 class PFNModel(Model):
@@ -110,6 +118,7 @@ class PFNModel(Model):
         cache_context: bool = True,
         network_dtype: Optional[torch.dtype] = None,
         ensemble_size: int = 1,
+        warp_targets: bool = True,
     ) -> None:
         r"""
         Args:
@@ -148,6 +157,14 @@ class PFNModel(Model):
                 network's mean test NLL on prior data improves by about 0.01 nats with
                 2 members and 0.02 with 4 (``benchmarks/quality_nll.py --ensemble``).
                 Capped at the number of distinct maps, `d! 2^d` (2 for `d = 1`).
+            warp_targets: Map the targets to the network's space with a monotone
+                warp fitted to them (:class:`~botorch_community.pfn.target_map.TargetMap`:
+                standardisation, then a sinh-arcsinh transform where it makes the
+                context markedly more Gaussian), so skewed contexts whose best values
+                lie many standard deviations above their mean keep their extremes in
+                the dense part of the network's buckets. The predictive is mapped back
+                exactly (still a bar distribution in user units). False: standardise
+                only.
         """
         super().__init__()
         network = _as_network(model, checkpoint_url)
@@ -187,7 +204,11 @@ class PFNModel(Model):
         self.ensemble_size = min(ensemble_size, num_input_symmetries(d))
         # `E x d` maps of the members (member 0: the identity)
         self._symmetries = input_symmetries(d, self.ensemble_size)
+        self.warp_targets = bool(warp_targets)
+        self._target_map_key: Optional[tuple] = None  # what `_target_map_value` is fitted to
+        self._target_map_value: Optional[TargetMap] = None
         self._kv_cache: Optional[KVCache] = None
+        self._cache_key: Optional[_CacheKey] = None  # what `_kv_cache` was encoded from
         self._cache_depth = 0  # nesting level of `cache_training_context()`
         self.num_encodings = 0  # how many times a context was encoded (diagnostics)
         self._warned_outside_cube = False
@@ -213,7 +234,13 @@ class PFNModel(Model):
     def _network(self) -> PFNTransformer:
         r"""The shared network computing in :attr:`network_dtype` (a cast copy held by
         the network when that differs from its weights' dtype)."""
-        return self.pfn.cast_copy(self.network_dtype)
+        return self._network_and_state()[0]
+
+    def _network_and_state(self) -> tuple[PFNTransformer, tuple]:
+        r""":meth:`_network` and the shared network's weights state (one check per
+        posterior call: the state keys both the dtype copy and the held cache)."""
+        state = self.pfn.weights_state()
+        return self.pfn.cast_copy(self.network_dtype, state), state
 
     @property
     def borders(self) -> Tensor:
@@ -312,25 +339,37 @@ class PFNModel(Model):
         pass
 
     # ------------------------------------------------------------------- context
+    def target_map(self, negate_train_ys: bool = False) -> TargetMap:
+        r"""The map from user targets to the network's space for the current
+        training targets (fitted once per change of `train_Y`; see `warp_targets`)."""
+        Y = self.train_Y
+        key = (id(Y), Y._version, Y.data_ptr(), Y.shape, negate_train_ys, self.warp_targets)
+        if self._target_map_key != key:
+            with torch.no_grad():
+                self._target_map_value = TargetMap.fit(-Y if negate_train_ys else Y,
+                                                       warp=self.warp_targets)  # fmt: skip
+            self._target_map_key = key
+        return self._target_map_value
+
     def _context(self, pending_X: Optional[Tensor], negate_train_ys: bool) -> "_Context":
-        r"""The network's context: transformed inputs, standardised targets and, for a
-        network with noise hints, the known noise variances in standardised units.
+        r"""The network's context: transformed inputs, targets in the network's space
+        and, for a network with noise hints, the known noise variances in that space.
 
         Returns:
             A :class:`_Context`: `X` (`n' x d`), `Y` (`n' x 1`, NaN for pending rows),
-            `Yvar` (`n' x 1` or None), and the `mean`, `std` (each `1 x 1`) that map
-            standardised targets to user units.
+            `Yvar` (`n' x 1` or None), and the :class:`TargetMap` between user units
+            and the network's space.
         """
         with torch.no_grad():
             train_X = self.train_X
             if hasattr(self, "input_transform"):
                 train_X = self.input_transform.preprocess_transform(train_X)
             train_Y = -self.train_Y if negate_train_ys else self.train_Y
-            mean, std = context_moments(train_Y)
-            ctx_Y = (train_Y - mean) / std
+            tmap = self.target_map(negate_train_ys)
+            ctx_Y = tmap.forward(train_Y)
             ctx_Yvar = None
             if self.uses_noise_hint:
-                ctx_Yvar = self.train_Yvar.to(ctx_Y) / std.square()
+                ctx_Yvar = tmap.variance_forward(train_Y, self.train_Yvar.to(ctx_Y))
             if pending_X is not None:
                 pending_X = self._check_pending(pending_X)
                 if hasattr(self, "input_transform"):
@@ -340,7 +379,7 @@ class PFNModel(Model):
                 ctx_Y = torch.cat([ctx_Y, nan], dim=-2)
                 if ctx_Yvar is not None:
                     ctx_Yvar = torch.cat([ctx_Yvar, self._typical_Yvar(ctx_Yvar, nan)], dim=-2)
-        return _Context(train_X, ctx_Y, ctx_Yvar, mean, std)
+        return _Context(train_X, ctx_Y, ctx_Yvar, tmap)
 
     @staticmethod
     def _typical_Yvar(ctx_Yvar: Tensor, like: Tensor) -> Tensor:
@@ -360,50 +399,39 @@ class PFNModel(Model):
             raise ValueError("pending_X contains NaN or inf values; drop those points.")
         return pending_X.detach()
 
-    def _fingerprint(
-        self, net: PFNTransformer, ctx_X: Tensor, ctx_Y: Tensor, ctx_Yvar: Optional[Tensor]
-    ) -> tuple:
-        Yvar = None if ctx_Yvar is None else ctx_Yvar.clone()
-        return (ctx_X.clone(), ctx_Y.clone(), Yvar, net.training, net.weights_state())
-
-    def _is_fresh(
-        self,
-        net: PFNTransformer,
-        cache: Optional[KVCache],
-        ctx_X: Tensor,
-        ctx_Y: Tensor,
-        ctx_Yvar: Optional[Tensor],
-    ) -> bool:
-        if cache is None:
-            return False
-        c_X, c_Y, c_Yvar, c_training, c_state = cache.fingerprint
-        return (
-            c_training == net.training
-            and c_state == net.weights_state()
-            and c_X.shape == ctx_X.shape
-            and c_X.dtype == ctx_X.dtype
-            and torch.equal(c_X, ctx_X)
-            and _equal_with_nan(c_Y, ctx_Y)
-            and (c_Yvar is None) == (ctx_Yvar is None)
-            and (ctx_Yvar is None or _equal_with_nan(c_Yvar, ctx_Yvar))
-        )
-
     def _cached_context(
         self,
         net: PFNTransformer,
+        state: tuple,
         ctx_X: Tensor,
         ctx_Y: Tensor,
         ctx_Yvar: Optional[Tensor] = None,
     ) -> KVCache:
-        r"""The held cache if still valid for `net` (from :meth:`_network`), else a newly
-        encoded one (held)."""
-        if not self._is_fresh(net, self._kv_cache, ctx_X, ctx_Y, ctx_Yvar):
-            self._kv_cache = net.encode_context(
-                ctx_X,
-                ctx_Y,
-                fingerprint=self._fingerprint(net, ctx_X, ctx_Y, ctx_Yvar),
-                train_Yvar=ctx_Yvar,
-            )
+        r"""The held cache if it was encoded from this context by this network state,
+        else a newly encoded one (held).
+
+        The model alone decides staleness: it keeps what it encoded the cache from (the
+        context's tensors, the network's train/eval mode, and its weights state
+        `state`, computed once per posterior call by :meth:`_network_and_state`) next
+        to the cache.
+        """
+        key = self._cache_key
+        fresh = (
+            self._kv_cache is not None
+            and key is not None
+            and key.training == net.training
+            and key.state == state
+            and key.X.shape == ctx_X.shape
+            and key.X.dtype == ctx_X.dtype
+            and torch.equal(key.X, ctx_X)
+            and _equal_with_nan(key.Y, ctx_Y)
+            and (key.Yvar is None) == (ctx_Yvar is None)
+            and (ctx_Yvar is None or _equal_with_nan(key.Yvar, ctx_Yvar))
+        )
+        if not fresh:
+            self._kv_cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar)
+            Yvar = None if ctx_Yvar is None else ctx_Yvar.clone()
+            self._cache_key = _CacheKey(ctx_X.clone(), ctx_Y.clone(), Yvar, net.training, state)
             self.num_encodings += 1
         return self._kv_cache
 
@@ -430,11 +458,12 @@ class PFNModel(Model):
         finally:
             self._cache_depth -= 1
             if self._cache_depth == 0:
-                self._kv_cache = None
+                self.clear_cache()
 
     def clear_cache(self) -> None:
         r"""Drop the held encoded context (it is re-encoded on the next call)."""
         self._kv_cache = None
+        self._cache_key = None
 
     # ----------------------------------------------------------------- posterior
     def _prepare_X(self, X: Tensor) -> Tensor:
@@ -476,7 +505,7 @@ class PFNModel(Model):
         X: Tensor,
         pending_X: Optional[Tensor] = None,
         negate_train_ys: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, TargetMap]:
         r"""Logits of the network's bar distribution at `X`.
 
         Args:
@@ -485,17 +514,18 @@ class PFNModel(Model):
             negate_train_ys: Model the negated targets.
 
         Returns:
-            `logits` (`b? x q x num_buckets`, in `X`'s dtype and device) and the `mean`,
-            `std` (`1 x 1`) mapping standardised targets to user units.
+            `logits` (`b? x q x num_buckets`, in `X`'s dtype and device) and the
+            :class:`TargetMap` from user units to the network's space (its `inverse`
+            maps the bucket borders to user units).
         """
         X_t = self._prepare_X(X)
         ctx = self._context(pending_X, negate_train_ys)
         if self.ensemble_size > 1:
-            return self._ensemble_logits(X_t, ctx).to(X), ctx.mean, ctx.std
+            return self._ensemble_logits(X_t, ctx).to(X), ctx.target_map
         with _eval_mode(self.pfn):
-            net = self._network()  # resolved once per call (the dtype copy's check costs)
+            net, state = self._network_and_state()
             if self._caching:
-                cache = self._cached_context(net, ctx.X, ctx.Y, ctx.Yvar)
+                cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
                 logits = net.predict(X_t, cache)
             else:
                 # Reference path: the context goes with every test batch element.
@@ -507,7 +537,7 @@ class PFNModel(Model):
                     train_Yvar=Yvar,
                 ).reshape(*X_t.shape[:-1], -1)
                 self.num_encodings += 1
-        return logits.to(X), ctx.mean, ctx.std
+        return logits.to(X), ctx.target_map
 
     def _ensemble_logits(self, X_t: Tensor, ctx: "_Context") -> Tensor:
         r"""Logits of the ensemble's averaged bar distribution (see `ensemble_size`).
@@ -529,11 +559,11 @@ class PFNModel(Model):
         ctx_Y_e = ctx_Y.expand(E, 1, *ctx_Y.shape)  # `E x 1 x n x 1`
         Yvar_e = None if ctx_Yvar is None else ctx_Yvar.expand(E, 1, *ctx_Yvar.shape)
         with _eval_mode(self.pfn):
-            net = self._network()
+            net, state = self._network_and_state()
             if self._caching:
                 # One cached context per member (cache batch `E x 1`): the `N x q` test
                 # points of a member are one query sequence against its context.
-                cache = self._cached_context(net, ctx_X_e, ctx_Y_e, Yvar_e)
+                cache = self._cached_context(net, state, ctx_X_e, ctx_Y_e, Yvar_e)
                 logits = net.predict(X_e, cache)  # `E x N x q x B`
             else:
                 n = ctx_X.shape[-2]
@@ -583,9 +613,9 @@ class PFNModel(Model):
                 f"PFNModel has a single output; got output_indices={output_indices}."
             )
         self.eval()
-        logits, mean, std = self.pfn_logits(X, pending_X, negate_train_ys)
-        borders = self.borders.to(X) * std.squeeze() + mean.squeeze()
-        _check_borders(borders, mean, std)
+        logits, tmap = self.pfn_logits(X, pending_X, negate_train_ys)
+        borders = tmap.inverse(self.borders.to(X))
+        _check_borders(borders, tmap)
         posterior = BoundedRiemannPosterior(
             borders=borders, probabilities=logits.softmax(dim=-1)
         )
@@ -595,13 +625,13 @@ class PFNModel(Model):
     def construct_inputs(cls, training_data: Any, **model_options: Any) -> dict:
         r"""Model kwargs from a ``SupervisedDataset`` and options (Ax: the
         ``ModelConfig.model_options``): ``network`` ("default", a local checkpoint path
-        or a name given to ``botorch_community.ax.register_network``; the network is
-        loaded once per process and shared), ``checkpoint_url`` (alias), ``model`` (a
-        ``PFNTransformer``), ``cache_context``, ``input_transform``. Unknown options
-        raise ``UnsupportedError``. See :func:`botorch_community.ax.construct_pfn_inputs`.
+        or a name given to ``register_network``; the network is loaded once per process
+        and shared, see :func:`botorch_community.pfn.networks.load_network`),
+        ``checkpoint_url`` (alias), ``model`` (a ``PFNTransformer``), ``cache_context``,
+        ``input_transform``, ``network_dtype`` (``"float32"``/``"float64"``),
+        ``ensemble_size``. Unknown options raise ``UnsupportedError``. No Ax needed;
+        see :mod:`botorch_community.models._model_options`.
         """
-        from botorch_community.ax import construct_pfn_inputs
-
         return construct_pfn_inputs(cls, training_data, **model_options)
 
     # ---------------------------------------------------------- model utilities
@@ -659,8 +689,17 @@ class _Context(NamedTuple):
     X: Tensor  # `n x d` transformed inputs (pending rows last)
     Y: Tensor  # `n x 1` standardised targets (NaN: pending)
     Yvar: Optional[Tensor]  # `n x 1` known noise variances, standardised (noise hints)
-    mean: Tensor  # `1 x 1`
-    std: Tensor  # `1 x 1`
+    target_map: TargetMap  # user units <-> the network's space
+
+
+class _CacheKey(NamedTuple):
+    r"""What a model's held :class:`KVCache` was encoded from."""
+
+    X: Tensor  # `... x n x d` context inputs
+    Y: Tensor  # `... x n x 1` standardised targets (NaN: pending)
+    Yvar: Optional[Tensor]  # standardised noise hints, or None
+    training: bool  # the network's mode
+    state: tuple  # the shared network's weights state
 
 
 def _equal_with_nan(a: Tensor, b: Tensor) -> bool:
@@ -681,14 +720,14 @@ def _eval_mode(net: torch.nn.Module) -> Iterator[None]:
             net.train()
 
 
-def _check_borders(borders: Tensor, mean: Tensor, std: Tensor) -> None:
+def _check_borders(borders: Tensor, tmap: TargetMap) -> None:
     r"""Refuse user-unit bucket borders the dtype cannot represent (they would merge)."""
     with torch.no_grad():
         ok = bool(torch.isfinite(borders).all() and (borders[1:] > borders[:-1]).all())
     if not ok:
         raise ValueError(
             f"The predictive's bucket borders in the units of train_Y (mean "
-            f"{mean.item():.6g}, standard deviation {std.item():.6g}) cannot be "
+            f"{tmap.mean.item():.6g}, standard deviation {tmap.std.item():.6g}) cannot be "
             f"represented in {borders.dtype}: the targets' spread is too small for "
             "their magnitude at this precision. Use float64 (train_X, train_Y and X), "
             "or subtract an offset from train_Y."
@@ -701,7 +740,9 @@ def _apply_posterior_transform(
 ) -> BoundedRiemannPosterior:
     r"""Apply a single-output affine `ScalarizedPosteriorTransform` exactly.
 
-    `y -> w * y + c` maps buckets to buckets; a negative `w` reverses their order.
+    `y -> w * y + c` maps buckets to buckets; a negative `w` reverses their order
+    (:meth:`BoundedRiemannPosterior.affine`; a multivariate posterior keeps its
+    correlation matrix).
     """
     if posterior_transform is None:
         return posterior
@@ -719,14 +760,7 @@ def _apply_posterior_transform(
     w = weights.reshape(()).to(posterior.borders)
     if w == 0:
         raise UnsupportedError("A zero weight makes the posterior degenerate.")
-    borders = posterior.borders * w + posterior_transform.offset
-    probs = posterior.probabilities
-    kwargs = {}
-    if isinstance(posterior, MultivariateRiemannPosterior):
-        kwargs["correlation_matrix"] = posterior.correlation_matrix
-    if w < 0:
-        borders, probs = borders.flip(-1), probs.flip(-1)
-    return type(posterior)(borders=borders, probabilities=probs, **kwargs)
+    return posterior.affine(w, posterior_transform.offset)
 
 
 class MultivariatePFNModel(PFNModel):
@@ -800,16 +834,16 @@ class MultivariatePFNModel(PFNModel):
         batch_shape, q = X.shape[:-2], X.shape[-2]
         X_t = self.transform_inputs(X).reshape(-1, q, X.shape[-1])  # `b x q x d`
         ctx = self._context(pending_X, negate_train_ys)
-        ctx_X, ctx_Y, mean, std = ctx.X, ctx.Y, ctx.mean, ctx.std
+        ctx_X, ctx_Y = ctx.X, ctx.Y
         mu = marginals.mean.squeeze(-1).reshape(-1, q)  # `b x q`, user units
         sigma = marginals.variance.squeeze(-1).clamp_min(1e-12).sqrt().reshape(-1, q)
         # Conditioning values in the network's standardised space.
-        cond_Y = ((mu + sigma - mean.squeeze()) / std.squeeze()).unsqueeze(-1)
+        cond_Y = ctx.target_map.forward(mu + sigma).unsqueeze(-1)
         with _eval_mode(self.pfn):
-            net = self._network()
+            net, state = self._network_and_state()
             # (an ensemble's held cache encodes the transformed contexts: not reusable)
             reuse = self._caching and self.ensemble_size == 1
-            base = self._cached_context(net, ctx_X, ctx_Y, ctx.Yvar) if reuse else None
+            base = self._cached_context(net, state, ctx_X, ctx_Y, ctx.Yvar) if reuse else None
             extra_Y = cond_Y.unsqueeze(-1)  # `b x q x 1 x 1`
             extra_Yvar = None
             if ctx.Yvar is not None:  # the conditioning rows: the typical known noise
@@ -850,8 +884,3 @@ def _nearest_correlation(A: Tensor, min_eig: float = 1e-6) -> Tensor:
     A = A.clone()
     A[needs_projection] = P * d.unsqueeze(-1) * d.unsqueeze(-2)
     return A
-
-
-# Ax integration (fit dispatcher, storage registries): done when Ax is imported; a
-# no-op without Ax. See botorch_community/ax.py.
-import botorch_community.ax  # noqa: E402, F401

@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from botorch_community.pfn.config import PFNConfig
 from botorch_community.pfn.transformer import PFNTransformer
 
 __all__ = [
@@ -39,11 +40,6 @@ FORMAT_VERSION = 1
 #: Stem of the default network shipped with the package.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_CONFIG_KEYS = (
-    "num_features", "emsize", "nlayers", "nhead", "nhid", "num_buckets", "dropout",
-    "max_context", "metric_attention", "gaussian_head", "noise_hint", "target_readout",
-    "gp_head", "gp_particles", "gp_refine_steps", "gp_refine_min_context",
-)  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -125,7 +121,7 @@ def save_pretrained(
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": {k: net.config[k] for k in _CONFIG_KEYS if k in net.config},
+        "config": net.config.to_dict(),
         "borders": net.borders.detach().cpu().double().tolist(),
         "weights_dtype": dtype_name,
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
@@ -264,10 +260,10 @@ def load_pretrained(
     if not w_path.exists():
         raise FileNotFoundError(f"No weights file at {w_path}.")
     cfg = read_checkpoint_config(c_path)
-    model_cfg = dict(cfg["config"])
-    unknown = sorted(set(model_cfg) - set(_CONFIG_KEYS))
-    if unknown:
-        raise CheckpointError(f"{c_path}: unknown architecture option(s) {unknown}.")
+    try:  # every field checked before anything is built
+        model_cfg = PFNConfig.from_dict(cfg["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{c_path}: invalid architecture config: {e}") from None
     _check_not_pickle(w_path)
     if verify_hash and cfg.get("sha256"):
         digest = _sha256(w_path)
@@ -280,7 +276,7 @@ def load_pretrained(
             )
     borders = torch.tensor(cfg["borders"], dtype=torch.float32)
     try:
-        net = PFNTransformer(**model_cfg, borders=borders)
+        net = PFNTransformer(model_cfg, borders=borders)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{c_path}: invalid architecture config: {e}") from None
     tensors = _read_safetensors(w_path)
@@ -288,7 +284,7 @@ def load_pretrained(
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     problems = _describe_mismatch(expected, found)
     if problems:
-        arch = ", ".join(f"{k}={model_cfg.get(k)}" for k in _CONFIG_KEYS if k in model_cfg)
+        arch = ", ".join(f"{k}={v}" for k, v in model_cfg.to_dict().items())
         raise CheckpointError(
             f"The weights {w_path} do not match the architecture in {c_path} ({arch}):\n  - "
             + "\n  - ".join(problems)

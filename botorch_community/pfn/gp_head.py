@@ -20,8 +20,8 @@ exact predictions at and between the observations of nearly noise-free data.
 At inference (eval mode) the particles can be refined before they are used: a few Adam
 steps of ascent on each particle's own log marginal likelihood, started from the
 network's proposal, for contexts of at least ``refine_min_context`` observed targets
-(`GPHead.refine_steps`, off by default; the shipped network uses 30 steps from 20
-targets on). With many observations the hyperparameter posterior concentrates near its
+(``gp_refine_steps`` of :class:`~botorch_community.pfn.config.PFNConfig`, off by
+default; the shipped network uses 30 steps from 20 targets on). With many observations the hyperparameter posterior concentrates near its
 mode, which a proposal read off one token only approximately hits; with few it is broad,
 and maximising the likelihood would overfit, so small contexts keep the proposals. The
 step is elementwise per particle (Adam), so a context's fit does not depend on which
@@ -82,15 +82,6 @@ class GPFit:
                 self.alpha, self.log_weights, self.observed)  # fmt: skip
 
 
-def check_refinement(steps: int, min_context: int) -> None:
-    r"""Raise a ValueError for invalid refinement settings."""
-    if steps < 0 or min_context < 1:
-        raise ValueError(
-            "gp_refine_steps must be >= 0 and gp_refine_min_context >= 1, got "
-            f"{steps} and {min_context}."
-        )
-
-
 def _floored_log(q: Tensor) -> Tensor:
     r"""`log q` floored at `log(1e-30)`, as for a single Gaussian's buckets."""
     return q.clamp_min(1e-30).log()
@@ -146,8 +137,6 @@ class GPHead(nn.Module):
         num_features: int,
         particles: int = 4,
         init_logit: float = -2.0,
-        refine_steps: int = 0,
-        refine_min_context: int = 20,
     ) -> None:
         r"""
         Args:
@@ -155,17 +144,11 @@ class GPHead(nn.Module):
             num_features: The most input dimensions of the network.
             particles: `J`, the number of hyperparameter particles.
             init_logit: Initial logit of the GP mixture's weight in the output.
-            refine_steps: Adam steps of marginal-likelihood ascent on the particles at
-                inference (eval mode only; 0: use the proposals as they are).
-            refine_min_context: Refine only contexts with at least this many observed
-                targets.
         """
         super().__init__()
         if particles < 1:
             raise ValueError(f"gp_particles must be at least 1, got {particles}.")
-        check_refinement(refine_steps, refine_min_context)
         self.num_features, self.particles = num_features, particles
-        self.refine_steps, self.refine_min_context = int(refine_steps), int(refine_min_context)
         J, nf = particles, num_features
         self.norm = nn.LayerNorm(emsize)
         # per particle: nf log lengthscales, log outputscale, log noise, weight logit.
@@ -186,13 +169,24 @@ class GPHead(nn.Module):
         nn.init.zeros_(self.mix.weight)
         nn.init.constant_(self.mix.bias, init_logit)
 
-    def fit(self, token: Tensor, context_X: Tensor, context_Y: Tensor) -> Optional[GPFit]:
+    def fit(
+        self,
+        token: Tensor,
+        context_X: Tensor,
+        context_Y: Tensor,
+        refine_steps: int = 0,
+        refine_min_context: int = 20,
+    ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
         Args:
             token: `b x e` final states of the context token.
             context_X: `b x n x d` inputs.
             context_Y: `b x n x 1` standardised targets (NaN: missing).
+            refine_steps: Adam steps of marginal-likelihood ascent on the particles
+                (eval mode only; 0: use the proposals as they are).
+            refine_min_context: Refine only contexts with at least this many observed
+                targets.
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -211,8 +205,8 @@ class GPHead(nn.Module):
             y = context_Y.to(f64).squeeze(-1)  # `b x n`
             observed = (~torch.isnan(y)).to(f64)
             y = torch.nan_to_num(y, nan=0.0)
-            if self.refine_steps > 0 and not self.training:
-                theta = self._refine(theta, X, y, observed)
+            if refine_steps > 0 and not self.training:
+                theta = self._refine(theta, X, y, observed, refine_steps, refine_min_context)
             fit, lml = self._condition(theta, X, y, observed)
             log_w = torch.log_softmax(logit + lml, dim=-1)
         return GPFit(*fit, log_w, observed)
@@ -248,10 +242,12 @@ class GPHead(nn.Module):
         )  # `b x J`
         return (Z, inv_ls, os, noise, L, alpha), lml
 
-    def _refine(self, theta: Tensor, X: Tensor, y: Tensor, observed: Tensor) -> Tensor:
-        r"""`refine_steps` Adam steps of ascent on each particle's log marginal
+    def _refine(
+        self, theta: Tensor, X: Tensor, y: Tensor, observed: Tensor, steps: int, min_context: int
+    ) -> Tensor:
+        r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
-        `refine_min_context` observed targets (the others keep `theta`).
+        `min_context` observed targets (the others keep `theta`).
 
         Adam's update is elementwise and each particle's objective is its own, so a
         context's result does not depend on its batch. The result is held constant for
@@ -270,7 +266,7 @@ class GPHead(nn.Module):
             refined, `theta` elsewhere.
         """
         n_obs = observed.sum(-1)  # `b`
-        todo = n_obs >= self.refine_min_context
+        todo = n_obs >= min_context
         if not bool(todo.any()):
             return theta
         # A graph of its own, even under no_grad or inference_mode (posterior calls).
@@ -281,7 +277,7 @@ class GPHead(nn.Module):
             per_obs = obs.sum(-1, keepdim=True)  # `b' x 1`
             p = theta[todo].detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
-            for _ in range(self.refine_steps):
+            for _ in range(steps):
                 opt.zero_grad()
                 lml = self._condition(p, Xr, yr, obs)[1]  # `b' x J`
                 (-(lml / per_obs).sum()).backward()

@@ -9,13 +9,16 @@ constants w.r.t. the test inputs, gradients w.r.t. the test inputs are exact.
 
 The cache is a plain object owned by whoever filled it (a ``PFNModel``, say) and passed
 down to the attention layers: nothing is stored on the network modules, so two models
-sharing one network never see each other's context.
+sharing one network never see each other's context. Whether a cache is still valid for
+the owner's data and the network's weights is the owner's decision (``PFNModel`` keeps
+what it encoded the cache from next to it); the cache itself holds only tensors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Hashable, Optional
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -32,17 +35,9 @@ class KVCache:
         batch_shape: The batch shape of the context (e.g. `torch.Size([])` for a single
             training set shared by all test points).
         num_context: `n`, the number of training rows encoded (without the context token).
-        network_state: The network's weight state when the cache was filled (see
-            :meth:`PFNTransformer.weights_state`); a cache is refused by a network whose
-            weights changed since.
-        fingerprint: What the owner computed the context from (training data versions,
-            transforms, ...). Opaque to the network; the owner compares it to decide
-            whether its cache is stale.
         context_X: `batch_shape x n x d` context inputs, kept for networks whose
-            attention has a distance term (``metric_attention``) or that read out the
-            context targets (``target_readout``); None otherwise.
-        context_Y: `batch_shape x n x 1` standardised context targets (NaN: missing),
-            kept for networks with ``target_readout``; None otherwise.
+            attention has a distance term (``metric_attention``) or that have a GP
+            head; None otherwise.
         gp_fit: The GP head's fit (:class:`~botorch_community.pfn.gp_head.GPFit`,
             batch flattened to `prod(batch_shape)`), for networks with ``gp_head``;
             None otherwise or for an empty context.
@@ -52,11 +47,7 @@ class KVCache:
     values: tuple[Tensor, ...]
     batch_shape: torch.Size
     num_context: int
-    network_state: Hashable = None
-    fingerprint: Hashable = None
-    extras: dict = field(default_factory=dict)
     context_X: Optional[Tensor] = None
-    context_Y: Optional[Tensor] = None
     gp_fit: Optional[Any] = None
 
     @property
@@ -73,7 +64,7 @@ class KVCache:
 
     def nbytes(self) -> int:
         r"""Memory held by the cached tensors, in bytes."""
-        extra = tuple(t for t in (self.context_X, self.context_Y) if t is not None)
+        extra = () if self.context_X is None else (self.context_X,)
         if self.gp_fit is not None:
             extra = extra + tuple(self.gp_fit.tensors())
         return sum(
@@ -86,3 +77,52 @@ class KVCache:
             f"num_context={self.num_context}, dtype={self.dtype}, "
             f"MB={self.nbytes() / 2**20:.2f})"
         )
+
+
+def to_cache_layout(
+    h: Tensor, cache_batch_shape: torch.Size
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    r"""Arrange test tokens as `prod(cache batch) x M x e` query sequences.
+
+    Batch dimensions over which the cache is singleton join the query axis, so a batch
+    of 512 candidates against a batch-1 context is one sequence of 512 queries attending
+    to one copy of the context (nothing is copied).
+
+    Args:
+        h: `S x m x e` test tokens with `S` broadcastable with `cache_batch_shape`.
+        cache_batch_shape: The cache's batch shape `B`.
+
+    Returns:
+        The rearranged `Bc x M x e` tokens and a function mapping a `Bc x M x c` output
+        back to `broadcast(S, B) x m x c`.
+    """
+    S, m = h.shape[:-2], h.shape[-2]
+    try:
+        full = torch.broadcast_shapes(S, cache_batch_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"The test batch shape {tuple(S)} does not broadcast with the cached "
+            f"context's batch shape {tuple(cache_batch_shape)}."
+        ) from None
+    L = len(full)
+    B = (1,) * (L - len(cache_batch_shape)) + tuple(cache_batch_shape)
+    h = h.expand(*full, *h.shape[-2:]) if tuple(S) != tuple(full) else h
+    # dims over which the cache varies lead; the others join the query axis.
+    cache_dims = [i for i in range(L) if B[i] > 1]
+    query_dims = [i for i in range(L) if B[i] == 1]
+    perm = cache_dims + query_dims + [L, L + 1]
+    h = h.permute(perm)
+    Bc = math.prod(full[i] for i in cache_dims)
+    h = h.reshape(Bc, -1, h.shape[-1])  # `Bc x (prod(query dims) * m) x e`
+
+    def restore(out: Tensor) -> Tensor:
+        c = out.shape[-1]
+        out = out.reshape(
+            *[full[i] for i in cache_dims], *[full[i] for i in query_dims], m, c
+        )
+        inv = [0] * (L + 2)
+        for pos, dim in enumerate(perm):
+            inv[dim] = pos
+        return out.permute(inv)
+
+    return h, restore

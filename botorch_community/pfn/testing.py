@@ -49,14 +49,6 @@ def random_pfn(
                     layer.metric_proj.bias.normal_(1.0, 1.0)
             if net.noise_hint:  # known noise changes the prediction visibly
                 net.noise_encoder.weight.normal_(0.0, 0.5)
-            if net.gaussian_head:  # a visible, input-dependent Gaussian component
-                net.gauss_head.weight.normal_(0.0, 0.1)
-                net.gauss_head.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))
-            if net.target_readout:  # a visible readout with moderate, input-dependent scales
-                net.readout_scale.weight.normal_(0.0, 0.3)
-                net.readout_scale.bias.normal_(2.0, 0.5)
-                net.readout_head.weight.normal_(0.0, 0.1)
-                net.readout_head.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))
             if net.gp_head:  # context-dependent particles, a visible GP part
                 net.gp.hyper.weight.normal_(0.0, 0.1)
                 net.gp.mix.weight.normal_(0.0, 0.1)

@@ -57,6 +57,7 @@ from botorch_community.pfn.checkpoint import (
 )
 from botorch_community.pfn.priors.gp import GPPriorConfig, sample_gp_prior
 from botorch_community.pfn.standardize import context_moments
+from botorch_community.pfn.config import GROWABLE, is_grown_parameter, PFNConfig
 from botorch_community.pfn.transformer import PFNTransformer
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -94,15 +95,8 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     # must match the config's model section
     init_from=None,
     # learning-rate multiplier of the parameters a warm start adds (metric attention,
-    # Gaussian head): they start switched off and must move far in a short fine-tune
+    # noise hints, GP head): they start switched off and must move far in a short fine-tune
     grown_lr_mult=1.0,
-    # a target readout (model.target_readout) at its start: the mixing logit of its
-    # Gaussian and the scale of its metric (per input dimension; 1e4 reads the nearest
-    # context row). Grown into a trained network, a small weight with a wide metric was
-    # switched off within a few hundred steps (benchmarks/results/proto_readout_warm.md);
-    # logit -2 with a nearest-row scale kept growing (proto_readout_warm2.md)
-    readout_init_logit=-4.0,
-    readout_init_scale=100.0,
     # networks with ``noise_hint``: share of datasets whose noise variance is revealed to
     # the network (the rest train the unknown-noise predictive, as without hints)
     noise_hint_prob=0.0,
@@ -172,6 +166,7 @@ def load_config(
         raise ValueError("prior.num_features must equal model.num_features.")
     t = cfg["train"]
     cfg["model"]["max_context"] = t["max_context"]
+    cfg["model"] = PFNConfig.from_dict(cfg["model"]).to_dict()  # validates
     if not 0 <= t["min_context"] <= t["max_context"] < t["seq_len"]:
         raise ValueError("Need 0 <= min_context <= max_context < seq_len.")
     if not 0.0 <= t["large_context_share"] <= 1.0:
@@ -376,63 +371,28 @@ def load_checkpoint(out: Path, device: torch.device):
 
 # -------------------------------------------------------------------------- training
 #: Architecture options a warm start may switch on in a network that lacks them.
-GROWABLE = ("metric_attention", "gaussian_head", "noise_hint", "target_readout", "gp_head")
-
-
-def is_grown_parameter(name: str) -> bool:
-    r"""Whether a parameter belongs to a part a warm start can add (see ``GROWABLE``)."""
-    return ".metric_" in name or name.startswith(
-        ("gauss_head", "noise_encoder", "readout_norm", "readout_scale", "readout_head", "gp.")
-    )
-
-
-def init_target_readout(net: PFNTransformer, logit: float, scale: float) -> None:
-    r"""Set the starting mixing logit and metric scale of `net`'s target readout.
-
-    The readout's Gaussian has weight ``sigmoid(logit)``; its metric scale (the same for
-    every input dimension) is ``scale``. The token-dependent parts stay zero.
-    """
-    if not net.target_readout:
-        return
-    if not scale > 0:
-        raise ValueError(f"train.readout_init_scale must be positive, got {scale}.")
-    with torch.no_grad():
-        net.readout_scale.bias.fill_(math.log(scale))
-        net.readout_head.bias[2] = logit
-
-
 def warm_start_network(
-    source: str,
-    model_cfg: dict[str, Any],
-    device: torch.device,
-    train_cfg: Optional[dict[str, Any]] = None,
+    source: str, model_cfg: dict[str, Any], device: torch.device
 ) -> PFNTransformer:
     r"""The network of checkpoint `source` (``"default"``: the shipped one) as the
-    starting point of a run, in float32 on `device`. A grown target readout starts with
-    `train_cfg`'s ``readout_init_logit`` and ``readout_init_scale``.
+    starting point of a run, in float32 on `device`, grown by the options of
+    :data:`~botorch_community.pfn.config.GROWABLE` that `model_cfg` switches on and the
+    source lacks (the added parts start switched off).
 
     Raises:
-        ValueError: If its architecture differs from `model_cfg` (names each field).
+        ValueError: If its architecture differs from `model_cfg` otherwise (names each
+            field).
     """
     net = load_pretrained(None if source == "default" else source, device=device).float()
-    add = {k: True for k in GROWABLE if model_cfg.get(k) and not net.config.get(k)}
-    if add:
-        # grow the network: the added parts start (nearly) switched off, so the grown
-        # network computes (nearly) what the source did
-        cfg = {**net.config, **add}
-        if add.get("gp_head") and "gp_particles" in model_cfg:
-            cfg["gp_particles"] = model_cfg["gp_particles"]
-        grown = PFNTransformer(**cfg, borders=net.borders.detach().clone()).to(device)
-        missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
-        assert not unexpected and all(is_grown_parameter(k) for k in missing), missing
-        grown.checkpoint_metadata = getattr(net, "checkpoint_metadata", {})
-        if add.get("target_readout") and train_cfg is not None:
-            init_target_readout(
-                grown, train_cfg["readout_init_logit"], train_cfg["readout_init_scale"]
-            )
-        net = grown
+    target = PFNConfig.from_dict(model_cfg)
+    add = {k: True for k in GROWABLE if getattr(target, k) and not getattr(net.config, k)}
+    if add.get("gp_head"):
+        add["gp_particles"] = target.gp_particles
+    grown_cfg = net.config.replace(**add)
     diff = {
-        k: (v, net.config.get(k)) for k, v in model_cfg.items() if net.config.get(k) != v
+        k: (v, grown_cfg.architecture().get(k))
+        for k, v in target.architecture().items()
+        if grown_cfg.architecture().get(k) != v
     }
     if diff:
         text = ", ".join(f"{k}: config {a!r} vs checkpoint {b!r}" for k, (a, b) in diff.items())
@@ -440,7 +400,12 @@ def warm_start_network(
             f"train.init_from={source!r} has a different architecture ({text}); set the "
             "config's model section to the checkpoint's architecture."
         )
-    return net
+    # the run's settings (dropout, max_context; refinement is an inference setting)
+    grown = PFNTransformer(target, borders=net.borders.detach().clone()).to(device)
+    missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
+    assert not unexpected and all(is_grown_parameter(k) for k in missing), missing
+    grown.checkpoint_metadata = getattr(net, "checkpoint_metadata", {})
+    return grown
 
 
 def _make_optimizer(net: PFNTransformer, t: dict[str, Any], device: torch.device):
@@ -530,7 +495,7 @@ def train(
     sampler = PriorSampler(cfg, dev, rank, world)
 
     if not resume and t.get("init_from"):
-        net = warm_start_network(t["init_from"], cfg["model"], dev, t)
+        net = warm_start_network(t["init_from"], cfg["model"], dev)
         src = None if t["init_from"] == "default" else t["init_from"]
         meta0 = net.checkpoint_metadata or {}
         step0 = meta0.get("step", meta0.get("training", {}).get("steps"))
@@ -556,17 +521,16 @@ def train(
             b = borders.to(dev)
             dist.broadcast(b, 0)
             borders = b.cpu()
-        net = PFNTransformer(**cfg["model"], borders=borders).to(dev)
-        init_target_readout(net, t["readout_init_logit"], t["readout_init_scale"])
+        net = PFNTransformer(PFNConfig.from_dict(cfg["model"]), borders=borders).to(dev)
         net.train()
     net.metric_expanded = bool(t.get("metric_expanded", False))
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # heads that read the context (target readout, GP head) sit out steps with an
-        # empty context (n = 0): DDP must not wait for their gradients then
-        unused = net.target_readout or net.gp_head
+        # the GP head sits out steps with an empty context (n = 0): DDP must not wait
+        # for its gradients then
+        unused = net.gp_head
         model = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None,
                     find_unused_parameters=unused)
     opt = _make_optimizer(net, t, dev)

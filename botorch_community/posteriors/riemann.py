@@ -371,6 +371,53 @@ class BoundedRiemannPosterior(Posterior):
         upper = self.icdf(1.0 - side).squeeze(-1)
         return lower, upper
 
+    # ------------------------------------------------------------ affine maps
+
+    def affine(
+        self, scale: float | Tensor, shift: float | Tensor = 0.0
+    ) -> BoundedRiemannPosterior:
+        r"""The posterior of ``scale * Y + shift``, exactly.
+
+        An affine map takes buckets to buckets: the borders become
+        ``scale * borders + shift`` and the probabilities stay. For a negative `scale`
+        the buckets are reversed, so the borders stay increasing.
+
+        Args:
+            scale: A non-zero scalar (float or one-element tensor).
+            shift: A scalar added after scaling.
+
+        Returns:
+            A posterior of the same class (a :class:`MultivariateRiemannPosterior`
+            keeps its correlation matrix: a common affine map of all ``q`` outcomes
+            leaves their copula's normal scores correlated alike, up to a common sign
+            flip that cancels). ``self`` for the identity map.
+        """
+        if torch.is_tensor(scale):
+            if scale.numel() != 1:
+                raise ValueError(
+                    f"`scale` must be a scalar, got shape {tuple(scale.shape)}."
+                )
+            scale = scale.reshape(()).to(self.borders)
+        if scale == 0:
+            raise ValueError("A zero `scale` makes the posterior degenerate.")
+        if torch.is_tensor(shift):
+            shift = shift.reshape(()).to(self.borders)
+        if not torch.is_tensor(scale) and not torch.is_tensor(shift):
+            if scale == 1.0 and shift == 0.0:
+                return self
+        borders = self.borders * scale + shift
+        probabilities = self.probabilities
+        if scale < 0:
+            borders = borders.flip(-1)
+            probabilities = probabilities.flip(-1)
+        return self._with_buckets(borders, probabilities)
+
+    def _with_buckets(
+        self, borders: Tensor, probabilities: Tensor
+    ) -> BoundedRiemannPosterior:
+        r"""A posterior like this one with other borders and probabilities."""
+        return type(self)(borders=borders, probabilities=probabilities)
+
     # ------------------------------------------------------------- integration
 
     def integrate(self, ag_integrate_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
@@ -498,6 +545,15 @@ class MultivariateRiemannPosterior(BoundedRiemannPosterior):
             ):
                 raise ValueError("`correlation_matrix` must be symmetric.")
         self.correlation_matrix = correlation_matrix
+
+    def _with_buckets(
+        self, borders: Tensor, probabilities: Tensor
+    ) -> MultivariateRiemannPosterior:
+        return type(self)(
+            borders=borders,
+            probabilities=probabilities,
+            correlation_matrix=self.correlation_matrix,
+        )
 
     @property
     def scale_tril(self) -> Tensor:

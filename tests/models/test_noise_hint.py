@@ -21,7 +21,7 @@ FAST = ["train.border_samples=2000", "train.eval_datasets=4", "train.eval_every=
 
 
 VARIANTS = {"plain": {}, "metric": {"metric_attention": True},
-            "metric+readout": {"metric_attention": True, "target_readout": True}}  # fmt: skip
+            "metric+gp": {"metric_attention": True, "gp_head": True, "gp_particles": 2}}  # fmt: skip
 
 
 @pytest.fixture(params=list(VARIANTS))
@@ -40,7 +40,7 @@ def _data(n=10, d=3, dtype=torch.float64, seed=0):
 # ---------------------------------------------------------------- the network
 def test_zero_initialised_hint_is_an_exact_warm_start():
     plain = random_pfn(num_features=4, seed=3)
-    grown = PFNTransformer(**plain.config, noise_hint=True, borders=plain.borders).eval()
+    grown = PFNTransformer(plain.config.replace(noise_hint=True), borders=plain.borders).eval()
     missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
     assert missing == ["noise_encoder.weight"] and not unexpected
     X, Y = _data(dtype=torch.float32)
@@ -213,7 +213,7 @@ def test_warm_start_grows_noise_hints_and_trains_them(tmp_path):
                    "train.eval_every=3", "train.lr=1e-3"]  # fmt: skip
     train("tiny", tmp_path / "b", steps=3, overrides=over, progress=False)
     grown = load_pretrained(tmp_path / "b" / "model")
-    assert grown.noise_hint and grown.config["noise_hint"]
+    assert grown.noise_hint and grown.config.noise_hint
     assert float(grown.noise_encoder.weight.detach().abs().max()) > 0  # it trained
     assert not src.noise_hint
     evals = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]

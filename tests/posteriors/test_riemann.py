@@ -267,3 +267,86 @@ class TestMultivariateRiemannPosterior(BotorchTestCase):
             MultivariateRiemannPosterior(BORDERS, probs, torch.eye(3, dtype=DT))
         with self.assertRaisesRegex(ValueError, "unit diagonal"):
             MultivariateRiemannPosterior(BORDERS, probs, 2 * ones)
+
+
+class TestAffine(BotorchTestCase):
+    r"""``BoundedRiemannPosterior.affine``: the exact posterior of ``a * Y + b``."""
+
+    def _probs(self, *shape):
+        g = torch.Generator().manual_seed(3)
+        return torch.softmax(torch.randn(*shape, 4, generator=g, dtype=DT), dim=-1)
+
+    def test_moments_cdf_and_quantiles(self):
+        post = _posterior(self._probs(2, 3))
+        levels = torch.tensor([0.1, 0.5, 0.9], dtype=DT)
+        for scale, shift in [(2.5, -1.0), (-2.5, 3.0), (-1.0, 0.0), (0.5, 0.0)]:
+            out = post.affine(scale, shift)
+            self.assertIs(type(out), BoundedRiemannPosterior)
+            self.assertTrue((out.borders[1:] > out.borders[:-1]).all())
+            self.assertAllClose(out.mean, scale * post.mean + shift)
+            self.assertAllClose(out.variance, scale**2 * post.variance)
+            # P(aY + b <= a y + b) = F(y) for a > 0, 1 - F(y) for a < 0
+            y = torch.tensor(2.2, dtype=DT)
+            expected = post.cdf(y) if scale > 0 else 1 - post.cdf(y)
+            self.assertAllClose(out.cdf(scale * y + shift), expected)
+            # quantiles map (levels reflected for a negative scale)
+            flipped = levels if scale > 0 else 1 - levels
+            self.assertAllClose(
+                out.quantile(levels), scale * post.quantile(flipped) + shift
+            )
+            # the density is carried over (divided by |a|)
+            self.assertAllClose(
+                out.log_prob(scale * y + shift), post.log_prob(y) - math.log(abs(scale))
+            )
+
+    def test_negative_scale_reverses_buckets(self):
+        post = _posterior(PROBS.view(1, 4))
+        out = post.affine(-1.0, 0.0)
+        self.assertAllClose(out.borders, -BORDERS.flip(0))
+        self.assertAllClose(out.probabilities, PROBS.flip(0).view(1, 4))
+        # twice: back to the original
+        back = out.affine(-1.0)
+        self.assertAllClose(back.borders, post.borders)
+        self.assertAllClose(back.probabilities, post.probabilities)
+
+    def test_identity_tensor_scale_and_validation(self):
+        post = _posterior(self._probs(3))
+        self.assertIs(post.affine(1.0, 0.0), post)  # nothing to map
+        w = torch.tensor([-2.0], dtype=torch.float32)  # a one-element tensor
+        out = post.affine(w, 1.0)
+        self.assertEqual(out.borders.dtype, DT)
+        self.assertAllClose(out.mean, -2.0 * post.mean + 1.0)
+        with self.assertRaisesRegex(ValueError, "zero"):
+            post.affine(0.0)
+        with self.assertRaisesRegex(ValueError, "scalar"):
+            post.affine(torch.ones(2, dtype=DT))
+
+    def test_gradients_flow_through_the_map(self):
+        probs = self._probs(2).requires_grad_(True)
+        scale = torch.tensor(-3.0, dtype=DT, requires_grad=True)
+        out = _posterior(probs).affine(scale, 0.5)
+        out.mean.sum().backward()
+        mid = (BORDERS[1:] + BORDERS[:-1]) / 2
+        self.assertAllClose(scale.grad, (probs.detach() * mid).sum())
+        self.assertAllClose(probs.grad, (scale.detach() * mid + 0.5).expand(2, 4))
+
+    def test_multivariate_keeps_correlation(self):
+        probs = self._probs(2, 3)
+        corr = torch.tensor(
+            [[1.0, 0.6, -0.2], [0.6, 1.0, 0.3], [-0.2, 0.3, 1.0]], dtype=DT
+        ).expand(2, 3, 3)
+        post = MultivariateRiemannPosterior(BORDERS, probs, corr)
+        for scale in (2.0, -0.5):
+            out = post.affine(scale, 1.0)
+            self.assertIs(type(out), MultivariateRiemannPosterior)
+            self.assertIs(out.correlation_matrix, post.correlation_matrix)
+            self.assertAllClose(out.mean, scale * post.mean + 1.0)
+            self.assertAllClose(out.variance, scale**2 * post.variance)
+            # joint samples from the same base samples are the affine map of the
+            # original's: the copula (and so the correlation) is unchanged
+            g = torch.Generator().manual_seed(0)
+            z = torch.randn(16, 2, 3, 1, dtype=DT, generator=g)
+            zz = z if scale > 0 else -z  # reflected scores for a decreasing map
+            mapped = out.rsample_from_base_samples(torch.Size([16]), zz)
+            direct = post.rsample_from_base_samples(torch.Size([16]), z)
+            self.assertAllClose(mapped, scale * direct + 1.0)

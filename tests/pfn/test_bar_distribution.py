@@ -59,3 +59,36 @@ def test_nll_bfloat16_logits_computed_in_float32():
     out = bar_nll(logits.bfloat16(), y, borders)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, atol=0.1, rtol=0)
+
+
+def test_gaussian_bucket_probabilities():
+    from botorch_community.pfn.bar_distribution import log_gaussian_bucket_probs
+
+    borders = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    mu = torch.tensor([0.0, 1.234, -3.9, 10.0], dtype=torch.float64)
+    sigma = torch.tensor([1.0, 0.01, 0.3, 0.5], dtype=torch.float64)
+    q = log_gaussian_bucket_probs(mu, sigma, borders).exp()
+    normal = torch.distributions.Normal(mu.unsqueeze(-1), sigma.unsqueeze(-1))
+    expect = normal.cdf(borders[1:]) - normal.cdf(borders[:-1])
+    torch.testing.assert_close(q, expect.clamp_min(1e-30), atol=1e-12, rtol=1e-9)
+    # a mean outside the borders: all buckets floored, finite, no NaN gradients
+    mu32 = torch.tensor([50.0, 0.0], requires_grad=True)
+    lq = log_gaussian_bucket_probs(mu32, torch.tensor([0.1, 1e-4]), borders.float())
+    assert torch.isfinite(lq).all()
+    lq.sum().backward()
+    assert torch.isfinite(mu32.grad).all()
+
+
+def test_gaussian_bucket_probabilities_in_both_far_tails():
+    # Reference: the difference of upper (or lower) tails from erfc, exact far out where
+    # a difference of CDFs cancels to 0 or to round-off.
+    from botorch_community.pfn.bar_distribution import gaussian_bucket_probs
+
+    borders = torch.tensor([-9.0, -8.0, -1.0, 0.5, 8.0, 9.0], dtype=torch.float64)
+    q = gaussian_bucket_probs(torch.zeros(1, dtype=torch.float64),
+                              torch.ones(1, dtype=torch.float64), borders)[0]  # fmt: skip
+    tail = lambda a: 0.5 * math.erfc(a / math.sqrt(2))  # P(Z > a)
+    expect = torch.tensor([tail(8) - tail(9), tail(1) - tail(8), 1 - tail(1) - tail(0.5),
+                           tail(0.5) - tail(8), tail(8) - tail(9)], dtype=torch.float64)
+    torch.testing.assert_close(q, expect, rtol=1e-12, atol=0)
+    assert 6e-16 < float(q[0]) < 7e-16  # where 1 - CDF would give 0 or round-off

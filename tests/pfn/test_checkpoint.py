@@ -127,28 +127,53 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
     assert not hasattr(builtins, "_PFN_PWNED")
 
 
-@pytest.mark.parametrize("part", ["metric_attention", "target_readout", "gp_head"])
+@pytest.mark.parametrize("part", ["metric_attention", "noise_hint", "gp_head"])
 def test_roundtrip_grown_parts(tmp_path, part):
     net = _net(**{"metric_attention": True, part: True})
     with torch.no_grad():  # switch the part on (it starts (nearly) off)
         for layer in net.layers:
             layer.metric_gate.normal_()
-        if part == "target_readout":
-            net.readout_head.weight.normal_(0.0, 0.1)
+        if part == "noise_hint":
+            net.noise_encoder.weight.normal_(0.0, 0.1)
         if part == "gp_head":
             net.gp.hyper.weight.normal_(0.0, 0.1)
             net.gp.mix.bias.fill_(0.0)
     save_pretrained(net, tmp_path / "m")
     loaded = load_pretrained(tmp_path / "m")
-    assert loaded.config[part] and loaded.config == net.config
+    assert getattr(loaded.config, part) and loaded.config == net.config
     tX, tY, X = _data()
     torch.testing.assert_close(loaded(tX, tY, X), net.eval()(tX, tY, X))
     # a config without the part is refused, naming its tensors
     cfg = json.loads((tmp_path / "m.json").read_text())
-    del cfg["config"][part]
+    if part != "metric_attention":  # (metric gates were switched on above)
+        del cfg["config"][part]
+    else:
+        del cfg["config"]["metric_attention"]
     cfg["config"].pop("gp_particles", None)
     (tmp_path / "m.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match={"metric_attention": "metric_",
-                                               "target_readout": "readout_",
+                                               "noise_hint": "noise_encoder",
                                                "gp_head": "gp."}[part]):
         load_pretrained(tmp_path / "m", verify_hash=False)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("emsize", 8192 * 1024), ("emsize", -256), ("nhead", 0), ("dropout", 5), ("emsize", "256"),
+     ("gp_head", 1), ("target_readout", True), ("unknown_option", 1)],
+)
+def test_config_fields_are_checked_before_anything_is_built(tmp_path, field, value):
+    save_pretrained(_net(), tmp_path / "m")
+    cfg = json.loads((tmp_path / "m.json").read_text())
+    cfg["config"][field] = value
+    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=field):
+        load_pretrained(tmp_path / "m", verify_hash=False)
+
+
+def test_old_checkpoint_configs_with_removed_options_off_still_load(tmp_path):
+    save_pretrained(_net(), tmp_path / "m")
+    cfg = json.loads((tmp_path / "m.json").read_text())
+    cfg["config"].update(gaussian_head=False, target_readout=False)
+    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    assert load_pretrained(tmp_path / "m", verify_hash=False).config == _net().config

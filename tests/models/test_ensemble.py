@@ -20,7 +20,7 @@ from botorch_community.pfn.testing import random_pfn
 
 
 VARIANTS = {"plain": {}, "metric": {"metric_attention": True},
-            "metric+readout": {"metric_attention": True, "target_readout": True}}  # fmt: skip
+            "metric+gp": {"metric_attention": True, "gp_head": True, "gp_particles": 2}}  # fmt: skip
 
 
 @pytest.fixture(params=list(VARIANTS))

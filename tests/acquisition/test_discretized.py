@@ -475,7 +475,9 @@ class TestInputConstructors(BotorchTestCase):
             from botorch.acquisition.input_constructors import (
                 get_acqf_input_constructor,
             )
-            from botorch_community.acquisition import discretized as d
+            from botorch_community.acquisition import (
+                discretized_input_constructors as d,
+            )
             for cls in d._INPUT_CONSTRUCTORS:
                 f = get_acqf_input_constructor(cls)
                 names = [c.cell_contents.__name__ for c in f.__closure__
@@ -495,6 +497,30 @@ class TestInputConstructors(BotorchTestCase):
         )
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.strip(), "ok")
+
+    def test_input_constructors_live_in_their_own_module(self):
+        from botorch_community.acquisition import (
+            discretized as d,
+            discretized_input_constructors as c,
+        )
+
+        for name in c.__all__:  # still importable from the classes' module
+            self.assertIs(getattr(d, name), getattr(c, name))
+        from botorch_community.acquisition.discretized import (  # noqa: F401
+            construct_inputs_discretized_best_f,
+        )
+
+        with self.assertRaises(AttributeError):
+            d.no_such_name  # noqa: B018
+        # registered by importing the package (which precedes any submodule)
+        for cls, constructor in c._INPUT_CONSTRUCTORS.items():
+            f = get_acqf_input_constructor(cls)
+            names = [
+                x.cell_contents.__name__
+                for x in f.__closure__
+                if callable(x.cell_contents)
+            ]
+            self.assertEqual(names, [constructor.__name__])
 
 
 class TestBotorchMCAcquisitions(BotorchTestCase):

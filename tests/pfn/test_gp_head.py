@@ -89,7 +89,7 @@ def test_noise_free_particle_interpolates():
 def test_gp_head_starts_near_the_plain_network():
     plain = random_pfn(num_features=5, emsize=32, nlayers=2, nhead=4, nhid=48,
                        metric_attention=True)  # fmt: skip
-    grown = PFNTransformer(**{**plain.config, "gp_head": True}, borders=plain.borders)
+    grown = PFNTransformer(plain.config.replace(gp_head=True), borders=plain.borders)
     missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("gp.") for k in missing)
     grown.eval()
@@ -108,9 +108,10 @@ def test_gp_head_validation_and_config():
                        num_buckets=10, gp_head=True, gp_particles=0)  # fmt: skip
     net = PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2, nhid=16,
                          num_buckets=10, gp_head=True, gp_particles=3)  # fmt: skip
-    assert net.config["gp_head"] and net.config["gp_particles"] == 3
+    assert net.config.gp_head and net.config.gp_particles == 3
+    assert "gp_head" in net.config.to_dict()
     assert "gp_head" not in PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2,
-                                           nhid=16, num_buckets=10).config  # fmt: skip
+                                           nhid=16, num_buckets=10).config.to_dict()  # fmt: skip
 
 
 def test_cholesky_falls_back_to_jitter_only_where_needed():
@@ -129,7 +130,7 @@ def test_cholesky_falls_back_to_jitter_only_where_needed():
                          torch.zeros(1, 1, 2, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("variant", [{}, {"gp_head": True}, {"gp_head": True, "target_readout": True}])
+@pytest.mark.parametrize("variant", [{}, {"gp_head": True}])
 def test_training_loss_path_equals_bar_nll_of_the_full_output(variant):
     from botorch_community.pfn.bar_distribution import bar_nll
 
@@ -158,9 +159,8 @@ def test_training_loss_path_equals_bar_nll_of_the_full_output(variant):
 
 
 # ------------------------------------------------------------ particle refinement
-def _refining_head(steps=20, min_context=8):
+def _refining_head():
     head = _head_with([[0.05] * 3, [3.0] * 3], [0.2, 5.0], [0.3, 1e-5], d=3)  # poor guesses
-    head.refine_steps, head.refine_min_context = steps, min_context
     with torch.no_grad():
         head.hyper.weight.normal_(0.0, 0.1)  # context-dependent proposals
     return head.eval()
@@ -171,8 +171,7 @@ def test_refinement_raises_each_particles_marginal_likelihood_in_eval_only():
     token = torch.randn(3, 8, dtype=torch.float64)
     head = _refining_head()
     with torch.no_grad():  # a posterior call: refinement still gets its own graph
-        refined = head.fit(token, X, Y)
-    head.refine_steps = 0
+        refined = head.fit(token, X, Y, refine_steps=20, refine_min_context=8)
     proposed = head.fit(token, X, Y)
     y = Y.squeeze(-1)
 
@@ -183,27 +182,24 @@ def test_refinement_raises_each_particles_marginal_likelihood_in_eval_only():
     gain = lml(refined) - lml(proposed)  # `b x J`
     assert bool((gain > 0).all()) and float(gain.max()) > 100.0  # every particle gains
     # training mode never refines (the loss trains the proposals themselves)
-    head.refine_steps = 20
     head.train()
-    for a, b in zip(head.fit(token, X, Y).tensors(), proposed.tensors()):
+    for a, b in zip(head.fit(token, X, Y, 20, 8).tensors(), proposed.tensors()):
         torch.testing.assert_close(a, b)
 
 
 def test_refinement_skips_small_contexts_and_ignores_the_batch():
     X, Y, Xq = _data(n=12, b=3)
     token = torch.randn(3, 8, dtype=torch.float64)
-    head = _refining_head(min_context=10)
+    head = _refining_head()
     Y_few = Y.clone()
     Y_few[1, :4] = float("nan")  # context 1: 8 observed targets, below the threshold
-    fit = head.fit(token, X, Y_few)
-    head.refine_steps = 0
+    fit = head.fit(token, X, Y_few, refine_steps=20, refine_min_context=10)
     plain = head.fit(token, X, Y_few)
-    head.refine_steps = 20
     torch.testing.assert_close(fit.inv_lengthscale[1], plain.inv_lengthscale[1])
     assert not torch.allclose(fit.inv_lengthscale[0], plain.inv_lengthscale[0])
     # each context alone gives the same fit as in the batch (elementwise Adam)
     for i in range(3):
-        alone = head.fit(token[i : i + 1], X[i : i + 1], Y_few[i : i + 1])
+        alone = head.fit(token[i : i + 1], X[i : i + 1], Y_few[i : i + 1], 20, 10)
         for a, b in zip(head.predict(alone, Xq[i : i + 1]), head.predict(fit, Xq)):
             torch.testing.assert_close(a[0], b[i], atol=1e-10, rtol=1e-9)
 
@@ -212,7 +208,7 @@ def test_refinement_runs_under_inference_mode_and_is_recorded_in_the_config():
     net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
                      gp_head=True, gp_particles=2, gp_refine_steps=5,
                      gp_refine_min_context=4)  # fmt: skip
-    assert net.config["gp_refine_steps"] == 5 and net.config["gp_refine_min_context"] == 4
+    assert net.config.gp_refine_steps == 5 and net.config.gp_refine_min_context == 4
     X, Y, Xq = _data(n=9, d=3, b=1)
     with torch.inference_mode():
         out = net.predict(Xq[0].float(), net.encode_context(X[0].float(), Y[0].float()))
@@ -235,11 +231,11 @@ def test_changing_the_refinement_refreshes_caches_and_the_float64_copy():
     with model.cache_training_context():
         before = model.posterior(Xq[0]).mean
         net.set_gp_refinement(0)
-        assert "gp_refine_steps" not in net.config
+        assert "gp_refine_steps" not in net.config.to_dict()
         off = model.posterior(Xq[0]).mean
         net.set_gp_refinement(5, 4)
         again = model.posterior(Xq[0]).mean
-    assert net.config["gp_refine_steps"] == 5
+    assert net.config.gp_refine_steps == 5
     ref = PFNModel(X[0], Y[0], model=net, cache_context=False)
     net.set_gp_refinement(0)
     torch.testing.assert_close(off, ref.posterior(Xq[0]).mean)

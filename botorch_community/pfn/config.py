@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+r"""The architecture and inference settings of a :class:`PFNTransformer`, in one place.
+
+:class:`PFNConfig` is what the network's constructor reads, what a checkpoint's JSON
+records (``"config"``), what a training run's ``model`` section fills, and what a warm
+start may grow (:data:`GROWABLE`). Every field is validated on construction, before
+any tensor is allocated, so a bad checkpoint config fails with a message that names
+the field instead of an allocation error deep in ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+#: Options of earlier releases that no shipped network used; configs that switch them
+#: on are refused with this explanation (configs that record them off still load).
+REMOVED_OPTIONS = {
+    "gaussian_head": "a Gaussian output component (no shipped network used it)",
+    "target_readout": "a kernel read-out of the context targets (never shipped; see the "
+    "model card's 'Experiments not shipped')",
+}
+
+#: Largest sizes accepted from a config (far above any trained network; they stop a
+#: corrupt or hostile config from allocating gigabytes before the weights are matched).
+_MAX = dict(num_features=1024, emsize=4096, nlayers=64, nhead=64, nhid=16384,
+            num_buckets=100_000, gp_particles=64)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PFNConfig:
+    r"""Architecture and inference settings of a :class:`PFNTransformer`.
+
+    Attributes:
+        num_features: The most input dimensions the network accepts. Inputs with
+            `d < num_features` are zero-padded and rescaled by `num_features / d`.
+        emsize: Token embedding size.
+        nlayers: Number of transformer layers.
+        nhead: Number of attention heads (divides `emsize`).
+        nhid: Hidden size of each layer's MLP and of the decoder.
+        num_buckets: Number of buckets of the output bar distribution.
+        dropout: Dropout rate (training only).
+        max_context: The largest training-set size the network was trained on
+            (informational; models warn beyond it). None if unknown.
+        metric_attention: A learned, query-dependent squared-distance term between
+            inputs in every layer's attention logits (:meth:`PFNLayer.metric_bias`),
+            so a head can attend sharply to the closest context rows.
+        noise_hint: The network accepts known observation-noise variances of the
+            context rows (`train_Yvar`).
+        gp_head: A mixture of GP predictives whose hyperparameter particles the
+            network proposes from its context token is mixed into the output
+            (:class:`~botorch_community.pfn.gp_head.GPHead`).
+        gp_particles: The number of hyperparameter particles of the GP head.
+        gp_refine_steps: Adam steps of marginal-likelihood ascent on the GP head's
+            particles at inference (eval mode; 0: off). An inference setting: it
+            changes the predictions, not the weights.
+        gp_refine_min_context: Refine contexts of at least this many observed targets.
+    """
+
+    num_features: int
+    emsize: int = 256
+    nlayers: int = 6
+    nhead: int = 4
+    nhid: int = 512
+    num_buckets: int = 1000
+    dropout: float = 0.0
+    max_context: Optional[int] = None
+    metric_attention: bool = False
+    noise_hint: bool = False
+    gp_head: bool = False
+    gp_particles: int = 4
+    gp_refine_steps: int = 0
+    gp_refine_min_context: int = 20
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("bool",):
+                if not isinstance(value, bool):
+                    raise ValueError(f"PFNConfig.{f.name} must be true or false, got {value!r}.")
+            elif f.name == "dropout":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    0.0 <= value < 1.0
+                ):
+                    raise ValueError(f"PFNConfig.dropout must be in [0, 1), got {value!r}.")
+            elif f.name == "max_context":
+                if value is not None and (not _is_int(value) or value < 0):
+                    raise ValueError(
+                        f"PFNConfig.max_context must be a non-negative integer or null, "
+                        f"got {value!r}."
+                    )
+            else:  # integer sizes and settings
+                low = 0 if f.name == "gp_refine_steps" else 1
+                high = _MAX.get(f.name, 10**6)
+                if not _is_int(value) or not low <= value <= high:
+                    raise ValueError(
+                        f"PFNConfig.{f.name} must be an integer in [{low}, {high}], got "
+                        f"{value!r}."
+                    )
+        if self.emsize % self.nhead != 0:
+            raise ValueError(
+                f"PFNConfig.emsize ({self.emsize}) must be divisible by nhead ({self.nhead})."
+            )
+
+    # ------------------------------------------------------------ conversions
+    def to_dict(self) -> dict[str, Any]:
+        r"""The JSON form: the base fields always, an option's fields only where it is
+        on (so configs of networks without an option stay as they were)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for flag, extra in _OPTION_FIELDS.items():
+            if not out[flag]:
+                for name in (flag, *extra):
+                    out.pop(name)
+        if not self.gp_refine_steps:
+            out.pop("gp_refine_steps", None)
+            out.pop("gp_refine_min_context", None)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PFNConfig":
+        r"""A config from its JSON form (also that of older checkpoints).
+
+        Raises:
+            ValueError: Unknown fields, a removed option switched on, or a field of the
+                wrong type or out of range (the message names it).
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"A PFN config must be a JSON object, got {type(data).__name__}.")
+        data = dict(data)
+        for name, what in REMOVED_OPTIONS.items():
+            if data.pop(name, False):
+                raise ValueError(
+                    f"The option {name!r} ({what}) was removed from this package; this "
+                    "checkpoint needs an older release."
+                )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown PFN config field(s) {unknown}; known: {sorted(known)}.")
+        if "num_features" not in data:
+            raise ValueError("A PFN config needs 'num_features'.")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "PFNConfig":
+        r"""A copy with `changes` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def architecture(self) -> dict[str, Any]:
+        r"""The fields that determine the weights' shapes and names (not the inference
+        settings): two configs with equal architectures load each other's weights."""
+        out = self.to_dict()
+        for name in _INFERENCE_FIELDS:
+            out.pop(name, None)
+        return out
+
+
+#: Fields of an option that are only recorded while the option is on.
+_OPTION_FIELDS = {
+    "metric_attention": (),
+    "noise_hint": (),
+    "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context"),
+}
+#: Fields that change predictions but not the weights.
+_INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context")
+
+#: Options a warm start can add to a trained network, with the prefixes (or, for
+#: per-layer parts, the infix) of the parameters they add. Each added part starts
+#: switched off (zero gates, zero maps), so the grown network computes what its source
+#: did.
+GROWABLE: dict[str, tuple[str, ...]] = {
+    "metric_attention": (".metric_",),
+    "noise_hint": ("noise_encoder",),
+    "gp_head": ("gp.",),
+}
+
+
+def is_grown_parameter(name: str) -> bool:
+    r"""Whether parameter `name` belongs to a part a warm start can add (:data:`GROWABLE`)."""
+    return any(
+        (p in name) if p.startswith(".") else name.startswith(p)
+        for prefixes in GROWABLE.values()
+        for p in prefixes
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

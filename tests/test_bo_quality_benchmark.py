@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+r"""The BO benchmark (benchmarks/bo_quality.py): problem table, shard split, report
+statistics, and a quick end-to-end run on a tiny random network."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bo_quality as B  # noqa: E402
+
+
+def test_problem_table():
+    assert set(B.SUITES["core"]) == {"branin", "hartmann6", "ackley4", "rosenbrock4"}
+    assert B.SUITES["full"] == list(B.PROBLEMS) and len(B.PROBLEMS) >= 12
+    dims = []
+    for name, (_, _, d, noise) in B.PROBLEMS.items():
+        f = B.make_problem(name)
+        assert f.dim == d and 2 <= d <= 10 and f.negate
+        assert (f.noise_std or 0.0) == noise
+        assert B.evaluations(name, None) == max(50, 10 * d)
+        assert B.evaluations(name, 12) == 12
+        dims.append(d)
+    assert sum(d >= 8 for d in dims) >= 2
+    assert sum(noise > 0 for *_, noise in B.PROBLEMS.values()) >= 2
+
+
+def test_shard_split_is_a_fixed_partition():
+    runs = [(pr, m, s) for s in range(3) for pr in B.PROBLEMS for m in B.METHODS]
+    for k in (1, 2, 5, 16):
+        parts = [B.shard_runs(runs, i, k, None) for i in range(k)]
+        flat = [r for p in parts for r in p]
+        assert sorted(flat) == sorted(runs)
+        costs = [sum(B.run_cost(pr, m, None) for pr, m, _ in p) for p in parts]
+        assert max(costs) <= 1.5 * (sum(costs) / k) + max(B.run_cost(pr, m, None)
+                                                         for pr, m, _ in runs)
+
+
+def _rec(problem, method, seed, final, flags):
+    return dict(problem=problem, method=method, seed=seed, final_regret=final,
+                iter_times_s=[0.1] * len(flags), at_boundary=flags)
+
+
+def test_summary_statistics():
+    recs = [
+        _rec("branin", "pfn_logei", 0, 1.0, [True, False]),
+        _rec("branin", "pfn_logei", 1, 2.0, [True, True]),
+        _rec("branin", "pfn_logei", 2, 3.0, [False, False]),
+        _rec("branin", "gp", 0, 2.0, [False, False]),
+        _rec("branin", "gp", 1, 2.0, [False, False]),
+        _rec("branin", "gp", 2, 1.0, [False, True]),
+        _rec("branin", "sobol", 0, 1.5, [False, False]),
+        _rec("branin", "sobol", 1, 1.5, [False, False]),
+        _rec("hartmann6", "pfn_logei+v", 0, 0.1, [False]),
+        _rec("hartmann6", "gp", 0, 0.2, [False]),
+    ]
+    S = B.summarize(recs, ["branin", "hartmann6"])
+    assert S["methods"] == ["pfn_logei", "pfn_logei+v", "gp", "sobol"]
+    assert S["per_problem"]["branin"]["pfn_logei_vs_gp_wins"] == [1.5, 3]
+    L = S["lines"]["pfn_logei"]
+    assert L["problems_median_le_gp"] == [1, 1]  # medians 2.0 and 2.0: <= holds
+    assert L["paired_wins_vs_gp"] == [1.5, 3]
+    assert L["problems_worse_than_sobol"] == ["branin"]
+    assert L["max_boundary_excess_vs_gp"] == pytest.approx(3 / 6 - 1 / 6)
+    assert S["lines"]["pfn_logei+v"]["paired_wins_vs_gp"] == [1.0, 1]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "bo_quality.py"),
+                           "--quick", "--network", "random", "--threads", "1", *args],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def test_quick_run_variants_and_report(tmp_path):
+    out = str(tmp_path / "bo")
+    first = _run("--methods", "pfn_logei", "gp", "sobol", "--out", out)
+    assert first.returncode == 0, first.stderr[-2000:]
+    recs = [json.loads(line) for line in (tmp_path / "bo.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in recs) == ["gp", "pfn_logei", "sobol"]
+    for r in recs:
+        n_bo = r["iterations"] - r["n_init"]
+        assert len(r["regret"]) == r["iterations"] == 8
+        assert len(r["proposals_unit"]) == len(r["at_boundary"]) == n_bo
+        assert all(0.0 <= v <= 1.0 for p in r["proposals_unit"] for v in p)
+    # the Sobol initial points are shared by all methods of a seed
+    assert len({tuple(r["y_observed"][: r["n_init"]]) for r in recs}) == 1
+    # a variant with PFN options, stored under a tagged name in the same file
+    var = _run("--methods", "pfn_logei", "--pfn-options", '{"ensemble_size": 2}',
+               "--tag", "ens2", "--out", out)
+    assert var.returncode == 0, var.stderr[-2000:]
+    md = (tmp_path / "bo.md").read_text()
+    assert "pfn_logei+ens2 wins vs gp" in md and "RANDOM network" in md
+    summary = json.loads((tmp_path / "bo.json").read_text())
+    assert "pfn_logei+ens2" in summary["pfn_summary"]
+    assert (tmp_path / "bo.png").stat().st_size > 0
+    # other options under an existing method name are refused
+    bad = _run("--methods", "pfn_logei", "--pfn-options", '{"ensemble_size": 2}',
+               "--out", out)
+    assert bad.returncode != 0 and "--tag" in bad.stderr + bad.stdout
