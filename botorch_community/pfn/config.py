@@ -56,6 +56,10 @@ class PFNConfig:
             particles at inference (eval mode; 0: off). An inference setting: it
             changes the predictions, not the weights.
         gp_refine_min_context: Refine contexts of at least this many observed targets.
+        gp_refine_max_rows: Refine on at most this many observed rows per context (a
+            quarter with the largest targets, the rest spread over the others); the
+            refined particles are conditioned on all rows. Caps the refinement's cost
+            at `O(gp_refine_max_rows^3)` per step for large contexts.
     """
 
     num_features: int
@@ -72,6 +76,7 @@ class PFNConfig:
     gp_particles: int = 4
     gp_refine_steps: int = 0
     gp_refine_min_context: int = 20
+    gp_refine_max_rows: int = 200
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -113,8 +118,8 @@ class PFNConfig:
                 for name in (flag, *extra):
                     out.pop(name)
         if not self.gp_refine_steps:
-            out.pop("gp_refine_steps", None)
-            out.pop("gp_refine_min_context", None)
+            for name in ("gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows"):
+                out.pop(name, None)
         return out
 
     @classmethod
@@ -159,10 +164,11 @@ class PFNConfig:
 _OPTION_FIELDS = {
     "metric_attention": (),
     "noise_hint": (),
-    "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context"),
+    "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows"),
 }
 #: Fields that change predictions but not the weights.
-_INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context")
+_INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
+                     "gp_refine_max_rows")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

@@ -82,6 +82,41 @@ class GPFit:
                 self.alpha, self.log_weights, self.observed)  # fmt: skip
 
 
+def refinement_rows(
+    X: Tensor, y: Tensor, observed: Tensor, max_rows: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""At most `max_rows` observed rows of each context for the particles' ascent.
+
+    A quarter are the rows with the largest targets (where BO looks, and where a
+    hyperparameter misfit shows most), the rest are spread evenly over the remaining
+    observed rows in their order (for BO data: over the run). Deterministic.
+
+    Args:
+        X: `b x n x d`, y: `b x n`, observed: `b x n` (1: known target), `n > max_rows`.
+
+    Returns:
+        `(X', y', observed')` with `max_rows` rows (rows of contexts with fewer observed
+        targets are padded with unobserved rows).
+    """
+    b, n = y.shape
+    obs = observed > 0
+    k_top = max_rows // 4
+    top = torch.where(obs, y, float("-inf")).topk(k_top, dim=-1).indices  # `b x k_top`
+    rest = obs.clone()
+    rest.scatter_(-1, top, False)
+    count = rest.sum(-1, keepdim=True)  # `b x 1`
+    k_rest = max_rows - k_top
+    rank = rest.cumsum(-1) - 1  # position among the remaining observed rows
+    step = count.div(k_rest, rounding_mode="floor").clamp_min(1)
+    pick = rest & (rank % step == 0) & (rank.div(step, rounding_mode="floor") < k_rest)
+    chosen = torch.zeros_like(obs).scatter_(-1, top, True) | pick  # `b x n`
+    # the chosen rows first (stable), then cut to `max_rows`
+    order = torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices[:, :max_rows]
+    keep = chosen.gather(-1, order).to(observed.dtype)
+    Xs = X.gather(-2, order.unsqueeze(-1).expand(-1, -1, X.shape[-1]))
+    return Xs, y.gather(-1, order) * keep, observed.gather(-1, order) * keep
+
+
 def _floored_log(q: Tensor) -> Tensor:
     r"""`log q` floored at `log(1e-30)`, as for a single Gaussian's buckets."""
     return q.clamp_min(1e-30).log()
@@ -176,6 +211,7 @@ class GPHead(nn.Module):
         context_Y: Tensor,
         refine_steps: int = 0,
         refine_min_context: int = 20,
+        refine_max_rows: Optional[int] = None,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -187,6 +223,9 @@ class GPHead(nn.Module):
                 (eval mode only; 0: use the proposals as they are).
             refine_min_context: Refine only contexts with at least this many observed
                 targets.
+            refine_max_rows: Refine on at most this many observed rows of a context
+                (:func:`refinement_rows`; None: all). The refined particles are then
+                conditioned on every row.
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -206,7 +245,8 @@ class GPHead(nn.Module):
             observed = (~torch.isnan(y)).to(f64)
             y = torch.nan_to_num(y, nan=0.0)
             if refine_steps > 0 and not self.training:
-                theta = self._refine(theta, X, y, observed, refine_steps, refine_min_context)
+                theta = self._refine(theta, X, y, observed, refine_steps, refine_min_context,
+                                     refine_max_rows)  # fmt: skip
             fit, lml = self._condition(theta, X, y, observed)
             log_w = torch.log_softmax(logit + lml, dim=-1)
         return GPFit(*fit, log_w, observed)
@@ -243,7 +283,14 @@ class GPHead(nn.Module):
         return (Z, inv_ls, os, noise, L, alpha), lml
 
     def _refine(
-        self, theta: Tensor, X: Tensor, y: Tensor, observed: Tensor, steps: int, min_context: int
+        self,
+        theta: Tensor,
+        X: Tensor,
+        y: Tensor,
+        observed: Tensor,
+        steps: int,
+        min_context: int,
+        max_rows: Optional[int] = None,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -255,7 +302,9 @@ class GPHead(nn.Module):
         contexts of :class:`MultivariatePFNModel`), gradients are taken at fixed refined
         hyperparameters, as BoTorch does for a fitted GP's fantasies. `eps = 1e-4` keeps the update
         proportional to the gradient where it is near zero, so round-off in the
-        proposal is not amplified into a step.
+        proposal is not amplified into a step. With `max_rows`, the ascent runs on a
+        subset of each context's rows (:func:`refinement_rows`): each step costs
+        `O(max_rows^3)` instead of `O(n^3)`.
 
         Args:
             theta: `b x J x (d + 2)` raw particles (float64).
@@ -274,6 +323,8 @@ class GPHead(nn.Module):
             # the refined particles are constants of the context for gradients (as a
             # fitted GP's hyperparameters are): no graph into the context's inputs
             Xr, yr, obs = (t[todo].detach().clone() for t in (X, y, observed))
+            if max_rows is not None and Xr.shape[-2] > max_rows:
+                Xr, yr, obs = refinement_rows(Xr, yr, obs, max_rows)
             per_obs = obs.sum(-1, keepdim=True)  # `b' x 1`
             p = theta[todo].detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)

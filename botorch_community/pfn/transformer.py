@@ -158,7 +158,9 @@ class PFNTransformer(nn.Module):
     def gp_head(self) -> bool:
         return self.config.gp_head
 
-    def set_gp_refinement(self, steps: int, min_context: Optional[int] = None) -> None:
+    def set_gp_refinement(
+        self, steps: int, min_context: Optional[int] = None, max_rows: Optional[int] = None
+    ) -> None:
         r"""Set the GP head's particle refinement at inference (part of the config, so a
         saved checkpoint records it). Caches built before are stale afterwards (the
         settings are part of :meth:`weights_state`), and ``PFNModel`` rebuilds them.
@@ -167,12 +169,17 @@ class PFNTransformer(nn.Module):
             steps: Adam steps of marginal-likelihood ascent (0: off).
             min_context: Refine contexts with at least this many observed targets
                 (unchanged if None).
+            max_rows: Refine on at most this many rows per context (unchanged if None).
         """
         if not self.gp_head:
             raise ValueError("This network has no GP head (gp_head=False).")
         if min_context is None:
             min_context = self.config.gp_refine_min_context
-        self.config = self.config.replace(gp_refine_steps=steps, gp_refine_min_context=min_context)
+        if max_rows is None:
+            max_rows = self.config.gp_refine_max_rows
+        self.config = self.config.replace(
+            gp_refine_steps=steps, gp_refine_min_context=min_context, gp_refine_max_rows=max_rows
+        )
 
     # ------------------------------------------------------------------ encoders
     def encode_x(self, X: Tensor) -> Tensor:
@@ -343,7 +350,8 @@ class PFNTransformer(nn.Module):
         if not self.gp_head or context_X.shape[-2] == 0:
             return None
         c = self.config
-        return self.gp.fit(token, context_X, context_Y, c.gp_refine_steps, c.gp_refine_min_context)
+        return self.gp.fit(token, context_X, context_Y, c.gp_refine_steps,
+                           c.gp_refine_min_context, c.gp_refine_max_rows)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:

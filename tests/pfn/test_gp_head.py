@@ -243,3 +243,42 @@ def test_changing_the_refinement_refreshes_caches_and_the_float64_copy():
     assert (before - off).abs().max() > 1e-4
     with pytest.raises(ValueError, match="no GP head"):
         random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16).set_gp_refinement(3)
+
+
+def test_refinement_rows_keep_the_best_and_spread_the_rest():
+    from botorch_community.pfn.gp_head import refinement_rows
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(2, 50, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 50, generator=g, dtype=torch.float64)
+    obs = torch.ones(2, 50, dtype=torch.float64)
+    obs[1, ::2] = 0.0  # context 1: 25 observed rows
+    Xs, ys, os = refinement_rows(X, y, obs, 12)
+    assert Xs.shape == (2, 12, 3) and ys.shape == os.shape == (2, 12)
+    assert bool((os == 1).all())  # enough observed rows in both contexts
+    for i in range(2):
+        top = torch.where(obs[i] > 0, y[i], float("-inf")).topk(3).values
+        assert set(top.tolist()) <= set(ys[i].tolist())  # the best quarter is kept
+        rows = {tuple(r) for r in X[i][obs[i] > 0].tolist()}
+        assert all(tuple(r) in rows for r in Xs[i].tolist())  # only observed rows
+    Xs2, _, _ = refinement_rows(X, y, obs, 12)
+    assert torch.equal(Xs, Xs2)  # deterministic
+
+
+def test_refinement_on_a_subset_costs_less_and_still_gains():
+    X, Y, _ = _data(n=40, b=1)
+    token = torch.randn(1, 8, dtype=torch.float64)
+    head = _refining_head()
+    full = head.fit(token, X, Y, refine_steps=20, refine_min_context=8)
+    sub = head.fit(token, X, Y, refine_steps=20, refine_min_context=8, refine_max_rows=20)
+    same = head.fit(token, X, Y, refine_steps=20, refine_min_context=8, refine_max_rows=40)
+    proposed = head.fit(token, X, Y)
+    torch.testing.assert_close(same.inv_lengthscale, full.inv_lengthscale)  # n <= max: all rows
+    y = Y.squeeze(-1)
+
+    def lml(fit):
+        quad = (y.unsqueeze(1) * fit.alpha).sum(-1)
+        return -0.5 * quad - fit.L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    assert bool((lml(sub) > lml(proposed)).all())  # the subset's fit helps on all rows
+    assert sub.L.shape[-1] == 40  # conditioned on every row
