@@ -4,13 +4,16 @@ metadata of the current default extended by one training stage.
 
 Usage::
 
-    PYTHONPATH=$PWD .venv/bin/python tools/promote_default.py runs/stage4/metric/model \
-        --stage '{"stage": "fine-tune 4", "config": "configs/default_metric.json", ...}'
+    PYTHONPATH=$PWD .venv/bin/python tools/promote_default.py runs/default_gp/model \
+        --stage '{"stage": "fine-tune 7", "config": "configs/default_gp.json", ...}' \
+        [--config-set gp_refine_steps=30] [--description TEXT]
 
 The stage record gets the run's step count and training seconds (from the checkpoint's
 ``train_state.json`` next to it) unless given; the totals are updated. ``--config-set``
 changes inference settings of the architecture config that are not weights (e.g.
-``gp_refine_steps=30``); the weights must still load strictly.
+``gp_refine_steps=30``); the weights must still load strictly. It overwrites
+``botorch_community/pfn/weights/default.*``: update ``MODEL_CARD.md`` and the benchmark
+results (``benchmarks/RESULTS.md``) with it.
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ def main() -> None:
     net = load_pretrained(args.checkpoint)
     run_meta = net.checkpoint_metadata
     if args.config_set:
-        cfg = dict(net.config)
+        changes = {}
         for item in args.config_set:
             key, value = item.split("=", 1)
-            cfg[key] = json.loads(value)
-        rebuilt = PFNTransformer(**cfg, borders=net.borders)
+            changes[key] = json.loads(value)
+        rebuilt = PFNTransformer(net.config.replace(**changes), borders=net.borders)
         rebuilt.load_state_dict(net.state_dict())  # strict: settings only, no weights
         net = rebuilt
     stage = json.loads(args.stage)
