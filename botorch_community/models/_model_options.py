@@ -32,6 +32,9 @@ PFN_MODEL_OPTIONS = {
     "float64 for Ax's float64 data)",
     "ensemble_size": "average the predictive over this many input symmetries of the prior "
     "(default 1; each member costs one more network pass)",
+    "warp_targets": "fit a monotone warp of the targets before the network (default True)",
+    "predictive": "'mixture' (the network's output, default) or 'gp' (the GP head's mixture "
+    "alone)",
 }
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # What Ax derives from the search space and passes when it applies.
@@ -139,4 +142,7 @@ def construct_pfn_inputs(
         inputs["network_dtype"] = parse_network_dtype(options["network_dtype"])
     if options.get("ensemble_size") is not None:
         inputs["ensemble_size"] = options["ensemble_size"]
+    for key in ("warp_targets", "predictive"):
+        if options.get(key) is not None:
+            inputs[key] = options[key]
     return inputs

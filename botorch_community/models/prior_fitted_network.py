@@ -119,6 +119,7 @@ class PFNModel(Model):
         network_dtype: Optional[torch.dtype] = None,
         ensemble_size: int = 1,
         warp_targets: bool = True,
+        predictive: str = "mixture",
     ) -> None:
         r"""
         Args:
@@ -165,6 +166,12 @@ class PFNModel(Model):
                 the dense part of the network's buckets. The predictive is mapped back
                 exactly (still a bar distribution in user units). False: standardise
                 only.
+            predictive: ``"mixture"``: the network's output (its bar distribution with
+                the GP head's mixture mixed in). ``"gp"``: the GP head's mixture alone
+                (the network proposes and weights the GP hyperparameter particles from
+                the context; the test points skip the transformer layers, so a call
+                costs about a GP posterior). Needs a network with a GP head; an empty
+                context falls back to the network's output.
         """
         super().__init__()
         network = _as_network(model, checkpoint_url)
@@ -205,6 +212,14 @@ class PFNModel(Model):
         # `E x d` maps of the members (member 0: the identity)
         self._symmetries = input_symmetries(d, self.ensemble_size)
         self.warp_targets = bool(warp_targets)
+        if predictive not in ("mixture", "gp"):
+            raise ValueError(f"predictive must be 'mixture' or 'gp', got {predictive!r}.")
+        if predictive == "gp" and not network.gp_head:
+            raise UnsupportedError(
+                "predictive='gp' needs a network with a GP head (gp_head=True); this "
+                "network has none. Use predictive='mixture'."
+            )
+        self.predictive = predictive
         self._target_map_key: Optional[tuple] = None  # what `_target_map_value` is fitted to
         self._target_map_value: Optional[TargetMap] = None
         self._kv_cache: Optional[KVCache] = None
@@ -323,6 +338,26 @@ class PFNModel(Model):
                 "train_Yvar must hold non-negative noise variances (0: noise-free, NaN: "
                 "unknown); it contains negative or infinite values."
             )
+
+    def _gp_borders(self, ctx: "_Context") -> Optional[Tensor]:
+        r"""The borders (network space) of the GP-only predictive (None: the
+        network's output on its own borders).
+
+        With ``predictive="gp"`` and a non-empty context, the GP head's mixture is
+        discretised on :data:`GP_NUM_BUCKETS` equal buckets spanning the context's
+        targets with :data:`GP_BORDER_MARGIN` on each side (the predictive's resolution
+        is then the same everywhere, the incumbent included), plus one wide bucket on
+        each side, out to :data:`GP_TAIL_MARGIN`.
+        """
+        if self.predictive != "gp" or ctx.X.shape[-2] == 0:
+            return None
+        y = ctx.Y[~torch.isnan(ctx.Y)]
+        lo, hi = (y.min(), y.max()) if y.numel() else (ctx.Y.new_zeros(()), ctx.Y.new_zeros(()))
+        inner = torch.linspace(0.0, 1.0, GP_NUM_BUCKETS - 1, dtype=ctx.Y.dtype)
+        inner = (lo - GP_BORDER_MARGIN) + (hi - lo + 2 * GP_BORDER_MARGIN) * inner
+        tails = torch.stack([lo - GP_TAIL_MARGIN, hi + GP_TAIL_MARGIN])
+        return torch.cat([tails[:1], inner, tails[1:]])
+
 
     @property
     def uses_noise_hint(self) -> bool:
@@ -505,8 +540,8 @@ class PFNModel(Model):
         X: Tensor,
         pending_X: Optional[Tensor] = None,
         negate_train_ys: bool = False,
-    ) -> tuple[Tensor, TargetMap]:
-        r"""Logits of the network's bar distribution at `X`.
+    ) -> tuple[Tensor, Tensor]:
+        r"""Logits of the predictive bar distribution at `X`, and its borders.
 
         Args:
             X: `b? x q x d` untransformed inputs (at least 2-dim).
@@ -514,19 +549,24 @@ class PFNModel(Model):
             negate_train_ys: Model the negated targets.
 
         Returns:
-            `logits` (`b? x q x num_buckets`, in `X`'s dtype and device) and the
-            :class:`TargetMap` from user units to the network's space (its `inverse`
-            maps the bucket borders to user units).
+            `logits` (`b? x q x K`, in `X`'s dtype and device) and the `K + 1` bucket
+            borders in user units (the network's borders, or with ``predictive="gp"``
+            those of :meth:`_gp_borders`, mapped by the context's :class:`TargetMap`).
         """
         X_t = self._prepare_X(X)
         ctx = self._context(pending_X, negate_train_ys)
+        gp_borders = self._gp_borders(ctx)
+        borders = ctx.target_map.inverse(
+            (self.pfn.borders if gp_borders is None else gp_borders).to(X)
+        )
+        _check_borders(borders, ctx.target_map)
         if self.ensemble_size > 1:
-            return self._ensemble_logits(X_t, ctx).to(X), ctx.target_map
+            return self._ensemble_logits(X_t, ctx, gp_borders).to(X), borders
         with _eval_mode(self.pfn):
             net, state = self._network_and_state()
             if self._caching:
                 cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
-                logits = net.predict(X_t, cache)
+                logits = net.predict(X_t, cache, gp_borders=gp_borders)
             else:
                 # Reference path: the context goes with every test batch element.
                 X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `b x q x d`
@@ -535,19 +575,23 @@ class PFNModel(Model):
                 logits = net(
                     ctx.X.expand(b, *ctx.X.shape), ctx.Y.expand(b, *ctx.Y.shape), X_b,
                     train_Yvar=Yvar,
+                    gp_borders=gp_borders,
                 ).reshape(*X_t.shape[:-1], -1)
                 self.num_encodings += 1
-        return logits.to(X), ctx.target_map
+        return logits.to(X), borders
 
-    def _ensemble_logits(self, X_t: Tensor, ctx: "_Context") -> Tensor:
+    def _ensemble_logits(
+        self, X_t: Tensor, ctx: "_Context", gp_borders: Optional[Tensor] = None
+    ) -> Tensor:
         r"""Logits of the ensemble's averaged bar distribution (see `ensemble_size`).
 
         Args:
             X_t: `b? x q x d` transformed inputs.
             ctx: The context from :meth:`_context`.
+            gp_borders: See :meth:`_gp_borders`.
 
         Returns:
-            `b? x q x num_buckets` logits: the log of the members' mean probabilities.
+            `b? x q x K` logits: the log of the members' mean probabilities.
         """
         ctx_X, ctx_Y, ctx_Yvar = ctx.X, ctx.Y, ctx.Yvar
         E = self.ensemble_size
@@ -564,7 +608,7 @@ class PFNModel(Model):
                 # One cached context per member (cache batch `E x 1`): the `N x q` test
                 # points of a member are one query sequence against its context.
                 cache = self._cached_context(net, state, ctx_X_e, ctx_Y_e, Yvar_e)
-                logits = net.predict(X_e, cache)  # `E x N x q x B`
+                logits = net.predict(X_e, cache, gp_borders=gp_borders)  # `E x N x q x B`
             else:
                 n = ctx_X.shape[-2]
                 if Yvar_e is not None:
@@ -574,6 +618,7 @@ class PFNModel(Model):
                     ctx_Y_e.expand(E, N, n, 1).reshape(E * N, n, 1),
                     X_e.reshape(E * N, q, d),
                     train_Yvar=Yvar_e,
+                    gp_borders=gp_borders,
                 ).reshape(E, N, q, -1)
                 self.num_encodings += 1
         log_p = torch.logsumexp(logits.log_softmax(dim=-1), dim=0) - math.log(E)
@@ -613,9 +658,7 @@ class PFNModel(Model):
                 f"PFNModel has a single output; got output_indices={output_indices}."
             )
         self.eval()
-        logits, tmap = self.pfn_logits(X, pending_X, negate_train_ys)
-        borders = tmap.inverse(self.borders.to(X))
-        _check_borders(borders, tmap)
+        logits, borders = self.pfn_logits(X, pending_X, negate_train_ys)
         posterior = BoundedRiemannPosterior(
             borders=borders, probabilities=logits.softmax(dim=-1)
         )
@@ -673,6 +716,8 @@ class PFNModel(Model):
             cache_context=self.cache_context,
             network_dtype=self._network_dtype,
             ensemble_size=self.ensemble_size,
+            warp_targets=self.warp_targets,
+            predictive=self.predictive,
         )
         return new
 
@@ -690,6 +735,16 @@ class _Context(NamedTuple):
     Y: Tensor  # `n x 1` standardised targets (NaN: pending)
     Yvar: Optional[Tensor]  # `n x 1` known noise variances, standardised (noise hints)
     target_map: TargetMap  # user units <-> the network's space
+
+
+#: Buckets of the GP-only predictive (``predictive="gp"``).
+GP_NUM_BUCKETS = 1000
+#: Its equal buckets extend this far (network units: standard deviations of the
+#: context's warped targets) beyond the context's smallest and largest target ...
+GP_BORDER_MARGIN = 4.0
+#: ... and its two outer buckets this far (a Gaussian of the mixture is never wider
+#: than a few units: beyond, no mass is lost).
+GP_TAIL_MARGIN = 40.0
 
 
 class _CacheKey(NamedTuple):
@@ -852,7 +907,8 @@ class MultivariatePFNModel(PFNModel):
                 ctx_X, ctx_Y, X_t.unsqueeze(-2), extra_Y, base_cache=base,
                 ctx_Yvar=ctx.Yvar, extra_Yvar=extra_Yvar,
             )  # batch `b x q`: context i holds the n rows plus (x_i, c_i)
-            logits = net.predict(X_t.unsqueeze(-3), cache).to(X)  # `b x q x q x B`
+            gp_borders = self._gp_borders(ctx)  # those of the marginals
+            logits = net.predict(X_t.unsqueeze(-3), cache, gp_borders=gp_borders).to(X)
         cond = BoundedRiemannPosterior(
             borders=marginals.borders, probabilities=logits.softmax(dim=-1)
         )

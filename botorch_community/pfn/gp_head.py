@@ -50,6 +50,17 @@ GP_MIN_NOISE = 1e-6
 GP_JITTER = 1e-8
 #: Adam learning rate of the particles' refinement (on log hyperparameters).
 REFINE_LR = 0.05
+#: The MAP refinement's prior (``gp_refine_prior``), after BoTorch's default for a
+#: ``SingleTaskGP`` on unit-cube inputs and standardised targets: log lengthscales
+#: ``N(sqrt(2) + log(d) / 2, 3)`` (dimension-scaled, Hvarfner et al., 2024), where the
+#: noise is not known log noise variances ``N(-4, 1)``, and log outputscales
+#: ``N(0, 0.25)`` (BoTorch fixes the outputscale at 1: the standardised targets' own;
+#: far from the data a larger one makes every corner look promising).
+PRIOR_LOG_LENGTHSCALE_LOC = math.sqrt(2.0)
+PRIOR_LOG_LENGTHSCALE_VAR = 3.0
+PRIOR_LOG_NOISE_LOC = -4.0
+PRIOR_LOG_NOISE_VAR = 1.0
+PRIOR_LOG_OUTPUTSCALE_VAR = 0.25
 
 
 @dataclass(eq=False)
@@ -83,8 +94,8 @@ class GPFit:
 
 
 def refinement_rows(
-    X: Tensor, y: Tensor, observed: Tensor, max_rows: int
-) -> tuple[Tensor, Tensor, Tensor]:
+    X: Tensor, y: Tensor, observed: Tensor, max_rows: int, known_noise: Optional[Tensor] = None
+) -> tuple[Tensor, ...]:
     r"""At most `max_rows` observed rows of each context for the particles' ascent.
 
     A quarter are the rows with the largest targets (where BO looks, and where a
@@ -93,10 +104,11 @@ def refinement_rows(
 
     Args:
         X: `b x n x d`, y: `b x n`, observed: `b x n` (1: known target), `n > max_rows`.
+        known_noise: `b x n` known noise variances (NaN: unknown), or None.
 
     Returns:
         `(X', y', observed')` with `max_rows` rows (rows of contexts with fewer observed
-        targets are padded with unobserved rows).
+        targets are padded with unobserved rows), and `known_noise'` if it was given.
     """
     b, n = y.shape
     obs = observed > 0
@@ -114,7 +126,10 @@ def refinement_rows(
     order = torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices[:, :max_rows]
     keep = chosen.gather(-1, order).to(observed.dtype)
     Xs = X.gather(-2, order.unsqueeze(-1).expand(-1, -1, X.shape[-1]))
-    return Xs, y.gather(-1, order) * keep, observed.gather(-1, order) * keep
+    out = (Xs, y.gather(-1, order) * keep, observed.gather(-1, order) * keep)
+    if known_noise is not None:
+        out = out + (known_noise.gather(-1, order),)
+    return out
 
 
 def _floored_log(q: Tensor) -> Tensor:
@@ -212,6 +227,8 @@ class GPHead(nn.Module):
         refine_steps: int = 0,
         refine_min_context: int = 20,
         refine_max_rows: Optional[int] = None,
+        known_noise: Optional[Tensor] = None,
+        refine_prior: bool = False,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -226,6 +243,16 @@ class GPHead(nn.Module):
             refine_max_rows: Refine on at most this many observed rows of a context
                 (:func:`refinement_rows`; None: all). The refined particles are then
                 conditioned on every row.
+            known_noise: `b x n x 1` known noise variances of the standardised
+                targets (NaN: unknown; the noise hints of ``noise_hint`` networks). A
+                row with a known variance gets it (at least :data:`GP_MIN_NOISE`) in
+                every particle instead of the particle's noise, as a fixed-noise GP
+                does; where every observed row's noise is known, new observations get
+                their median.
+            refine_prior: Refine to the posterior mode under BoTorch's default GP
+                prior (:data:`PRIOR_LOG_LENGTHSCALE_LOC` ...) instead of the
+                likelihood's: long, dimension-scaled lengthscales unless the data say
+                otherwise.
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -244,17 +271,24 @@ class GPHead(nn.Module):
             y = context_Y.to(f64).squeeze(-1)  # `b x n`
             observed = (~torch.isnan(y)).to(f64)
             y = torch.nan_to_num(y, nan=0.0)
+            known = None if known_noise is None else known_noise.to(f64).reshape(b, n)
             if refine_steps > 0 and not self.training:
                 theta = self._refine(theta, X, y, observed, refine_steps, refine_min_context,
-                                     refine_max_rows)  # fmt: skip
-            fit, lml = self._condition(theta, X, y, observed)
+                                     refine_max_rows, known, refine_prior)  # fmt: skip
+            fit, lml = self._condition(theta, X, y, observed, known)
             log_w = torch.log_softmax(logit + lml, dim=-1)
         return GPFit(*fit, log_w, observed)
 
     def _condition(
-        self, theta: Tensor, X: Tensor, y: Tensor, observed: Tensor
+        self,
+        theta: Tensor,
+        X: Tensor,
+        y: Tensor,
+        observed: Tensor,
+        known_noise: Optional[Tensor] = None,
     ) -> tuple[tuple[Tensor, ...], Tensor]:
-        r"""The particles `theta` (`b x J x (d + 2)`, raw) conditioned on a context.
+        r"""The particles `theta` (`b x J x (d + 2)`, raw) conditioned on a context
+        (`known_noise`: `b x n` known noise variances, NaN: unknown; see :meth:`fit`).
 
         Returns:
             `((Z, inv_lengthscale, outputscale, noise, L, alpha), lml)`, the first six
@@ -271,7 +305,16 @@ class GPHead(nn.Module):
         om = observed.unsqueeze(1)  # `b x 1 x n`
         K = unit_kernel(_sqdist(Z, Z), self._is_matern(X.device)) * os[..., None, None]
         K = K * om.unsqueeze(-1) * om.unsqueeze(-2)  # missing rows/cols: 0
-        diag = torch.where(om > 0, (noise + GP_JITTER * os).unsqueeze(-1), 1.0)
+        row_noise = noise.unsqueeze(-1)  # `b x J x 1`
+        if known_noise is not None:
+            kn = known_noise.clamp_min(GP_MIN_NOISE).unsqueeze(1)  # `b x 1 x n`
+            row_noise = torch.where(torch.isnan(kn), row_noise, kn)  # `b x J x n`
+            # new observations: the median known noise where every observed row's is known
+            obs_known = torch.where(observed > 0, ~torch.isnan(known_noise), True).all(-1)
+            typical = torch.nanmedian(torch.where(observed > 0, known_noise, float("nan")), -1)
+            typical = typical.values.nan_to_num(GP_MIN_NOISE).clamp_min(GP_MIN_NOISE)  # `b`
+            noise = torch.where(obs_known.unsqueeze(-1), typical.unsqueeze(-1), noise)
+        diag = torch.where(om > 0, row_noise + (GP_JITTER * os).unsqueeze(-1), 1.0)
         L = _robust_cholesky(K, diag, os)
         yj = y.unsqueeze(1).expand(b, J, n)
         alpha = torch.cholesky_solve(yj.unsqueeze(-1), L).squeeze(-1)  # `b x J x n`
@@ -291,6 +334,8 @@ class GPHead(nn.Module):
         steps: int,
         min_context: int,
         max_rows: Optional[int] = None,
+        known_noise: Optional[Tensor] = None,
+        prior: bool = False,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -323,20 +368,45 @@ class GPHead(nn.Module):
             # the refined particles are constants of the context for gradients (as a
             # fitted GP's hyperparameters are): no graph into the context's inputs
             Xr, yr, obs = (t[todo].detach().clone() for t in (X, y, observed))
+            kn = None if known_noise is None else known_noise[todo].detach().clone()
             if max_rows is not None and Xr.shape[-2] > max_rows:
-                Xr, yr, obs = refinement_rows(Xr, yr, obs, max_rows)
+                if kn is None:
+                    Xr, yr, obs = refinement_rows(Xr, yr, obs, max_rows)
+                else:
+                    Xr, yr, obs, kn = refinement_rows(Xr, yr, obs, max_rows, kn)
             per_obs = obs.sum(-1, keepdim=True)  # `b' x 1`
             p = theta[todo].detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
             for _ in range(steps):
                 opt.zero_grad()
-                lml = self._condition(p, Xr, yr, obs)[1]  # `b' x J`
+                lml = self._condition(p, Xr, yr, obs, kn)[1]  # `b' x J`
+                if prior:
+                    lml = lml + self._log_prior(p, kn, obs)
                 (-(lml / per_obs).sum()).backward()
                 opt.step()
             refined = p.detach()
         full = theta.detach().clone()
         full[todo] = refined
         return torch.where(todo.view(-1, 1, 1), full, theta)
+
+    @staticmethod
+    def _log_prior(theta: Tensor, known_noise: Optional[Tensor], observed: Tensor) -> Tensor:
+        r"""`b x J` log density (up to constants) of BoTorch's default GP prior at the
+        raw particles `theta` (`b x J x (d + 2)`), on the parameters :meth:`_condition`
+        uses: log lengthscales (the raw value plus `log(d) / 2`), the log outputscale
+        and, for contexts whose noise is not all known, the log noise."""
+        d = theta.shape[-1] - 2
+        log_ls = theta[..., :d] + 0.5 * math.log(max(d, 1))
+        loc = PRIOR_LOG_LENGTHSCALE_LOC + 0.5 * math.log(max(d, 1))
+        lp = -0.5 * ((log_ls - loc).square() / PRIOR_LOG_LENGTHSCALE_VAR).sum(-1)
+        log_os = theta[..., d]
+        lp = lp - 0.5 * log_os.square() / PRIOR_LOG_OUTPUTSCALE_VAR
+        log_noise = theta[..., d + 1].clamp_min(math.log(GP_MIN_NOISE))
+        noise_lp = -0.5 * (log_noise - PRIOR_LOG_NOISE_LOC).square() / PRIOR_LOG_NOISE_VAR
+        if known_noise is not None:  # no prior on a noise the data do not determine
+            known = torch.where(observed > 0, ~torch.isnan(known_noise), True).all(-1)
+            noise_lp = torch.where(known.unsqueeze(-1), 0.0, noise_lp)
+        return lp + noise_lp
 
     def _is_matern(self, device: torch.device) -> Tensor:
         return (torch.arange(self.particles, device=device) % 2 == 0).view(1, -1, 1, 1)
@@ -379,13 +449,32 @@ class GPHead(nn.Module):
         """
         mu, var = self.predict(fit, query_X)  # `b x J x m`
         with torch.autocast(h.device.type, enabled=False):
-            f64 = torch.float64
-            q = gaussian_bucket_probs(mu, var.sqrt(), borders.to(f64))  # `b x J x m x K`
-            # mixed over the particles in probability space: one log per bucket, not J
-            w = fit.log_weights.exp()[..., None, None]  # `b x J x 1 x 1`
-            log_q = _floored_log((w * q).sum(1))  # `b x m x K`
+            log_q = self._bucket_log_probs(mu, var, fit, borders)
             omega = self._omega(h, mu, var, fit)
         return log_q, omega
+
+    def mixture_log_probs(self, fit: GPFit, query_X: Tensor, borders: Tensor) -> Tensor:
+        r"""The GP mixture on the buckets alone (no test-token states needed).
+
+        Args:
+            fit: From :meth:`fit`, batch `b`.
+            query_X: `b x m x d`.
+            borders: `K + 1` bucket borders (standardised).
+
+        Returns:
+            `b x m x K` log bucket probabilities (float64).
+        """
+        mu, var = self.predict(fit, query_X)  # `b x J x m`
+        with torch.autocast(query_X.device.type, enabled=False):
+            return self._bucket_log_probs(mu, var, fit, borders)
+
+    @staticmethod
+    def _bucket_log_probs(mu: Tensor, var: Tensor, fit: GPFit, borders: Tensor) -> Tensor:
+        r"""`b x m x K` log-probabilities of the particles' mixture on the buckets."""
+        q = gaussian_bucket_probs(mu, var.sqrt(), borders.to(torch.float64))  # `b x J x m x K`
+        # mixed over the particles in probability space: one log per bucket, not J
+        w = fit.log_weights.exp()[..., None, None]  # `b x J x 1 x 1`
+        return _floored_log((w * q).sum(1))  # `b x m x K`
 
     def nll_at(
         self, h: Tensor, fit: GPFit, query_X: Tensor, borders: Tensor, log_p_bar: Tensor,

@@ -48,8 +48,9 @@ MAX_DELTA = 1.0
 #: Skew parameters considered: `epsilon` in `[-MAX_EPSILON, MAX_EPSILON]`.
 MAX_EPSILON = 2.0
 #: The warp is used only if it raises the warped context's Gaussian log-likelihood by
-#: this many nats over the plain standardisation (two parameters: AIC's price).
-MIN_LOG_LIK_GAIN = 2.0
+#: this many nats over the plain standardisation (a chance gain of a two-parameter fit
+#: to Gaussian data exceeds it about 2% of the time).
+MIN_LOG_LIK_GAIN = 4.0
 #: Contexts with fewer observed targets are only standardised.
 MIN_WARP_CONTEXT = 6
 

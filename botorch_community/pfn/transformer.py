@@ -159,7 +159,11 @@ class PFNTransformer(nn.Module):
         return self.config.gp_head
 
     def set_gp_refinement(
-        self, steps: int, min_context: Optional[int] = None, max_rows: Optional[int] = None
+        self,
+        steps: int,
+        min_context: Optional[int] = None,
+        max_rows: Optional[int] = None,
+        prior: Optional[bool] = None,
     ) -> None:
         r"""Set the GP head's particle refinement at inference (part of the config, so a
         saved checkpoint records it). Caches built before are stale afterwards (the
@@ -170,15 +174,19 @@ class PFNTransformer(nn.Module):
             min_context: Refine contexts with at least this many observed targets
                 (unchanged if None).
             max_rows: Refine on at most this many rows per context (unchanged if None).
+            prior: Refine to the mode under BoTorch's default GP prior (unchanged if
+                None; see ``gp_refine_prior`` of the config).
         """
         if not self.gp_head:
             raise ValueError("This network has no GP head (gp_head=False).")
         if min_context is None:
             min_context = self.config.gp_refine_min_context
-        if max_rows is None:
-            max_rows = self.config.gp_refine_max_rows
-        self.config = self.config.replace(
-            gp_refine_steps=steps, gp_refine_min_context=min_context, gp_refine_max_rows=max_rows
+        c = self.config
+        self.config = c.replace(
+            gp_refine_steps=steps,
+            gp_refine_min_context=min_context,
+            gp_refine_max_rows=c.gp_refine_max_rows if max_rows is None else max_rows,
+            gp_refine_prior=c.gp_refine_prior if prior is None else prior,
         )
 
     # ------------------------------------------------------------------ encoders
@@ -344,14 +352,22 @@ class PFNTransformer(nn.Module):
             h = layer.attend(h, k, v, sqdist, token_row=True)
         return h[:, 0], h[:, 1:], keys, values
 
-    def _fit_gp(self, token: Tensor, context_X: Tensor, context_Y: Tensor) -> Optional[GPFit]:
-        r"""The GP head's fit to flattened contexts (`b x e`, `b x n x d`, `b x n x 1`);
-        None without the head or for an empty context."""
+    def _fit_gp(
+        self,
+        token: Tensor,
+        context_X: Tensor,
+        context_Y: Tensor,
+        context_Yvar: Optional[Tensor] = None,
+    ) -> Optional[GPFit]:
+        r"""The GP head's fit to flattened contexts (`b x e`, `b x n x d`, `b x n x 1`,
+        known noise variances `b x n x 1` or None); None without the head or for an
+        empty context."""
         if not self.gp_head or context_X.shape[-2] == 0:
             return None
         c = self.config
         return self.gp.fit(token, context_X, context_Y, c.gp_refine_steps,
-                           c.gp_refine_min_context, c.gp_refine_max_rows)  # fmt: skip
+                           c.gp_refine_min_context, c.gp_refine_max_rows,
+                           known_noise=context_Yvar, refine_prior=c.gp_refine_prior)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:
@@ -381,6 +397,7 @@ class PFNTransformer(nn.Module):
         kv_cache: Optional[KVCache] = None,
         train_Yvar: Optional[Tensor] = None,
         test_Y: Optional[Tensor] = None,
+        gp_borders: Optional[Tensor] = None,
     ) -> Tensor:
         r"""Logits of the predictive bar distribution at `test_X` (or, given `test_Y`,
         the NLL of those targets: the training loss).
@@ -399,6 +416,8 @@ class PFNTransformer(nn.Module):
             test_Y: `b x m x 1` standardised test targets: return their bar NLL,
                 `bar_nll(self(train_X, train_Y, test_X), test_Y, self.borders)`, computed
                 without the GP head's `K`-bucket mixture (reference path only).
+            gp_borders: Return the GP head's mixture alone, on these borders (see
+                :meth:`predict`).
 
         Returns:
             `b x m x num_buckets` logits, or with `test_Y` the `b x m` NLLs.
@@ -406,7 +425,7 @@ class PFNTransformer(nn.Module):
         if kv_cache is not None:
             if test_Y is not None:
                 raise ValueError("test_Y (the training loss) needs the reference path.")
-            return self.predict(test_X, kv_cache)
+            return self.predict(test_X, kv_cache, gp_borders=gp_borders)
         train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
         if train_X.shape[:-2] != test_X.shape[:-2]:
             raise ValueError(
@@ -420,8 +439,12 @@ class PFNTransformer(nn.Module):
         b = h.shape[0]  # explicit: `-1` is ambiguous when n = 0
         cX, cY, qX = train_X.reshape(b, n, d), train_Y.reshape(b, n, 1), test_X.reshape(b, m, d)
         token, h, _, _ = self._run_layers(h, cX, qX)
-        fit = self._fit_gp(token, cX, cY)
+        cYvar = None if train_Yvar is None else train_Yvar.reshape(b, n, 1)
+        fit = self._fit_gp(token, cX, cY, cYvar)
         if test_Y is None:
+            if gp_borders is not None and fit is not None:
+                log_q = self.gp.mixture_log_probs(fit, qX, gp_borders)
+                return log_q.reshape(*batch_shape, m, -1)
             return self._output_logits(h, fit, qX).reshape(*batch_shape, m, -1)
         return self._training_nll(h, fit, qX, test_Y).reshape(*batch_shape, m)
 
@@ -515,7 +538,8 @@ class PFNTransformer(nn.Module):
         b = h.shape[0]
         cX = train_X.reshape(b, n, d)
         token, _, keys, values = self._run_layers(h, cX)
-        fit = self._fit_gp(token, cX, train_Y.reshape(b, n, 1))
+        cYvar = None if train_Yvar is None else train_Yvar.reshape(b, n, 1)
+        fit = self._fit_gp(token, cX, train_Y.reshape(b, n, 1), cYvar)
         return self._make_cache(keys, values, batch_shape, cX, fit)
 
     def extend_context(
@@ -572,7 +596,13 @@ class PFNTransformer(nn.Module):
             v_s = base_cache.values[0].expand(Bf, -1, -1, -1)
             first_kv = torch.cat([k_s, k_e], dim=-2), torch.cat([v_s, v_e], dim=-2)
         token, _, keys, values = self._run_layers(h, all_X, first_kv=first_kv)
-        fit = self._fit_gp(token, all_X, all_Y)
+        all_Yvar = None
+        if ctx_Yvar is not None or extra_Yvar is not None:
+            nan = lambda like: torch.full_like(like, float("nan"))
+            s_var = nan(ctx_Y) if ctx_Yvar is None else ctx_Yvar.to(ctx_Y)
+            e_var = nan(extra_Y) if extra_Yvar is None else extra_Yvar.to(extra_Y)
+            all_Yvar = torch.cat([s_var.expand(Bf, -1, -1), e_var.reshape(Bf, k, 1)], dim=-2)
+        fit = self._fit_gp(token, all_X, all_Y, all_Yvar)
         return self._make_cache(keys, values, batch_shape, all_X, fit)
 
     def _make_cache(
@@ -594,7 +624,9 @@ class PFNTransformer(nn.Module):
             gp_fit=fit,
         )
 
-    def predict(self, test_X: Tensor, kv_cache: KVCache) -> Tensor:
+    def predict(
+        self, test_X: Tensor, kv_cache: KVCache, gp_borders: Optional[Tensor] = None
+    ) -> Tensor:
         r"""Logits at `test_X` against a cached context.
 
         The test batch shape must broadcast with the cache's batch shape. Batch
@@ -605,9 +637,15 @@ class PFNTransformer(nn.Module):
             test_X: `test_batch_shape x m x d`.
             kv_cache: From :meth:`encode_context` of this network with its current
                 weights (its owner keeps it fresh).
+            gp_borders: `K' + 1` increasing borders (standardised targets): return the
+                GP head's mixture alone, on these borders (networks with a GP head and
+                a non-empty context; else this is ignored). The test tokens then skip
+                the transformer layers, so a call costs about a posterior of
+                `gp_particles` GPs; the borders can be finer than the network's.
 
         Returns:
-            `broadcast(test_batch_shape, cache_batch_shape) x m x num_buckets` logits.
+            `broadcast(test_batch_shape, cache_batch_shape) x m x num_buckets` logits
+            (`K'` buckets with `gp_borders`).
         """
         if kv_cache.num_layers != len(self.layers):
             raise RuntimeError("This KVCache was computed by a different network.")
@@ -624,6 +662,8 @@ class PFNTransformer(nn.Module):
             cX = kv_cache.context_X.reshape(h.shape[0], *kv_cache.context_X.shape[-2:])
         elif self.metric_attention or (self.gp_head and kv_cache.num_context > 0):
             raise RuntimeError("This KVCache lacks the context inputs the network needs.")
+        if gp_borders is not None and kv_cache.gp_fit is not None:
+            return restore(self.gp.mixture_log_probs(kv_cache.gp_fit, qX, gp_borders))
         sqdist = self._sqdist(qX, cX) if cX is not None else None  # `Bc x M x n x d`
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             h = layer.attend(h, k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]), sqdist)

@@ -395,3 +395,33 @@ def test_lbfgs_sees_no_float32_noise_with_the_default_network():
     assert float(errors[torch.float64].median()) < 1e-6, errors
     assert float(errors[torch.float64].max()) < 1e-2, errors
     assert float(errors[torch.float32].median()) > 1e-3, errors  # what float64 avoids
+
+
+# ------------------------------------------------------------ predictive="gp"
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls", [PFNModel, MultivariatePFNModel])
+def test_gp_predictive_cached_equals_reference_and_is_the_gp_heads_mixture(shape, dtype, cls):
+    net = random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48,
+                     **NETS["metric+hint+gp"])  # fmt: skip
+    X, Y = _data(dtype=dtype)
+    pending_X = torch.rand(2, 3, dtype=dtype)
+    models = [cls(X, Y, model=net, cache_context=c, predictive="gp") for c in (True, False)]
+    Xq = torch.rand(*shape, dtype=dtype, requires_grad=True)
+    outs = []
+    for model in models:
+        post = model.posterior(Xq, pending_X=pending_X)
+        mean = post.mean
+        (grad,) = torch.autograd.grad((mean * torch.arange(mean.numel()).view_as(mean)).sum(), Xq)
+        outs.append((post.probabilities.detach(), mean.detach(), grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=ATOL * a.abs().max().clamp_min(1), rtol=0)
+    assert outs[0][2].abs().max() > 0
+    # it is the GP head's part of the full output: the full output mixes it in
+    full = PFNModel(X, Y, model=net).posterior(Xq.detach(), pending_X=pending_X)
+    assert (full.mean - outs[0][1]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="predictive"):
+        PFNModel(X, Y, model=net, predictive="bar")
+    with pytest.raises(UnsupportedError, match="GP head"):
+        PFNModel(X, Y, model=random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2),
+                 predictive="gp")  # fmt: skip
