@@ -282,3 +282,21 @@ def test_refinement_on_a_subset_costs_less_and_still_gains():
 
     assert bool((lml(sub) > lml(proposed)).all())  # the subset's fit helps on all rows
     assert sub.L.shape[-1] == 40  # conditioned on every row
+
+
+def test_known_noise_replaces_the_particles_noise():
+    head = _head_with([[0.4] * 3, [0.4] * 3], [1.0, 1.0], [0.1, 0.3], d=3)  # noisy guesses
+    X, Y, Xq = _data(n=10, b=1)
+    token = torch.zeros(1, 8, dtype=torch.float64)
+    zero = torch.zeros_like(Y)
+    fit = head.fit(token, X, Y, known_noise=zero)  # noise-free: interpolates
+    mu, var = head.predict(fit, X)
+    torch.testing.assert_close(mu, Y.squeeze(-1).unsqueeze(1).expand_as(mu), atol=1e-4, rtol=0)
+    assert float(var.max()) < 1e-4
+    # unknown noise (NaN) is the particles' own, as without known noise
+    unknown = head.fit(token, X, Y, known_noise=torch.full_like(Y, float("nan")))
+    for a, b in zip(unknown.tensors(), head.fit(token, X, Y).tensors()):
+        torch.testing.assert_close(a, b)
+    # a known noise level is used for every particle and for new observations
+    fit = head.fit(token, X, Y, known_noise=torch.full_like(Y, 0.02))
+    torch.testing.assert_close(fit.noise, torch.full_like(fit.noise, 0.02))
