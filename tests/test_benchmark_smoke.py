@@ -64,3 +64,20 @@ def test_grid_floor_is_the_discretised_oracle():
     sharp = torch.full_like(mu, 1e-4)
     gap = (grid_nll(mu, sharp, mu, mean, std, coarse) - gauss_nll(mu, sharp, mu)).mean()
     assert float(gap) > math.log(2.0 / (math.sqrt(2 * math.pi) * 1e-2)) - 1.0
+
+
+def test_end_to_end_quick(tmp_path):
+    # one tiny cell: GP + both PFN variants on the shipped network (a few seconds)
+    out = tmp_path / "e2e"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "end_to_end.py"), "--quick", "--threads", "1",
+         "--ds", "6", "--ns", "20", "--settings", "2x16", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (cell,) = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert set(cell["methods"]) == {"gp", "pfn_default", "pfn_gp"}
+    for m, r in cell["methods"].items():
+        assert 0 < r["grad_calls"] < r["calls"] and r["total_s"] > 0, m
+        if m != "gp":
+            assert r["encodings"] == 1 and r["encodings_in_optimize"] == 0, m
+    assert "| 20 | 6 | 2x16 | gp |" in out.with_suffix(".md").read_text()
