@@ -353,7 +353,7 @@ class PFNModel(Model):
             return None
         y = ctx.Y[~torch.isnan(ctx.Y)]
         lo, hi = (y.min(), y.max()) if y.numel() else (ctx.Y.new_zeros(()), ctx.Y.new_zeros(()))
-        inner = torch.linspace(0.0, 1.0, GP_NUM_BUCKETS - 1, dtype=ctx.Y.dtype)
+        inner = torch.linspace(0.0, 1.0, GP_NUM_BUCKETS - 1, dtype=y.dtype, device=y.device)
         inner = (lo - GP_BORDER_MARGIN) + (hi - lo + 2 * GP_BORDER_MARGIN) * inner
         tails = torch.stack([lo - GP_TAIL_MARGIN, hi + GP_TAIL_MARGIN])
         return torch.cat([tails[:1], inner, tails[1:]])

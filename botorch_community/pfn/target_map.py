@@ -191,15 +191,16 @@ def _fit_sinh_arcsinh(z: Tensor) -> tuple[float, float, float]:
     grid (coarse, then fine around the best), and its log-likelihood gain over the
     identity."""
     identity = float(_profile_log_lik(z, z.new_zeros(1), z.new_ones(1))[0])
-    e = torch.linspace(-MAX_EPSILON, MAX_EPSILON, 41, dtype=z.dtype)
-    d = torch.linspace(MIN_DELTA, MAX_DELTA, 13, dtype=z.dtype)
+    kw = dict(dtype=z.dtype, device=z.device)
+    e = torch.linspace(-MAX_EPSILON, MAX_EPSILON, 41, **kw)
+    d = torch.linspace(MIN_DELTA, MAX_DELTA, 13, **kw)
     E, D = torch.meshgrid(e, d, indexing="ij")
     ll = _profile_log_lik(z, E.flatten(), D.flatten())
     best = int(ll.argmax())
     e0, d0 = float(E.flatten()[best]), float(D.flatten()[best])
     # refine: a grid of one coarse step around the best
-    e = torch.linspace(e0 - 0.1, e0 + 0.1, 11, dtype=z.dtype).clamp(-MAX_EPSILON, MAX_EPSILON)
-    d = torch.linspace(d0 - 0.05, d0 + 0.05, 11, dtype=z.dtype).clamp(MIN_DELTA, MAX_DELTA)
+    e = torch.linspace(e0 - 0.1, e0 + 0.1, 11, **kw).clamp(-MAX_EPSILON, MAX_EPSILON)
+    d = torch.linspace(d0 - 0.05, d0 + 0.05, 11, **kw).clamp(MIN_DELTA, MAX_DELTA)
     E, D = torch.meshgrid(e, d, indexing="ij")
     ll = _profile_log_lik(z, E.flatten(), D.flatten())
     best = int(ll.argmax())
