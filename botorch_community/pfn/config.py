@@ -60,9 +60,6 @@ class PFNConfig:
             quarter with the largest targets, the rest spread over the others); the
             refined particles are conditioned on all rows. Caps the refinement's cost
             at `O(gp_refine_max_rows^3)` per step for large contexts.
-        gp_refine_prior: Refine to the posterior mode under BoTorch's default GP prior
-            (dimension-scaled lengthscales, a log-normal noise prior) instead of the
-            marginal likelihood's maximum.
     """
 
     num_features: int
@@ -80,7 +77,6 @@ class PFNConfig:
     gp_refine_steps: int = 0
     gp_refine_min_context: int = 20
     gp_refine_max_rows: int = 200
-    gp_refine_prior: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -122,8 +118,7 @@ class PFNConfig:
                 for name in (flag, *extra):
                     out.pop(name)
         if not self.gp_refine_steps:
-            for name in ("gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
-                         "gp_refine_prior"):  # fmt: skip
+            for name in ("gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows"):
                 out.pop(name, None)
         return out
 
@@ -169,12 +164,11 @@ class PFNConfig:
 _OPTION_FIELDS = {
     "metric_attention": (),
     "noise_hint": (),
-    "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
-                "gp_refine_prior"),
+    "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
-                     "gp_refine_max_rows", "gp_refine_prior")  # fmt: skip
+                     "gp_refine_max_rows")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

@@ -50,17 +50,6 @@ GP_MIN_NOISE = 1e-6
 GP_JITTER = 1e-8
 #: Adam learning rate of the particles' refinement (on log hyperparameters).
 REFINE_LR = 0.05
-#: The MAP refinement's prior (``gp_refine_prior``), after BoTorch's default for a
-#: ``SingleTaskGP`` on unit-cube inputs and standardised targets: log lengthscales
-#: ``N(sqrt(2) + log(d) / 2, 3)`` (dimension-scaled, Hvarfner et al., 2024), where the
-#: noise is not known log noise variances ``N(-4, 1)``, and log outputscales
-#: ``N(0, 0.25)`` (BoTorch fixes the outputscale at 1: the standardised targets' own;
-#: far from the data a larger one makes every corner look promising).
-PRIOR_LOG_LENGTHSCALE_LOC = math.sqrt(2.0)
-PRIOR_LOG_LENGTHSCALE_VAR = 3.0
-PRIOR_LOG_NOISE_LOC = -4.0
-PRIOR_LOG_NOISE_VAR = 1.0
-PRIOR_LOG_OUTPUTSCALE_VAR = 0.25
 
 
 @dataclass(eq=False)
@@ -228,7 +217,6 @@ class GPHead(nn.Module):
         refine_min_context: int = 20,
         refine_max_rows: Optional[int] = None,
         known_noise: Optional[Tensor] = None,
-        refine_prior: bool = False,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -249,10 +237,6 @@ class GPHead(nn.Module):
                 every particle instead of the particle's noise, as a fixed-noise GP
                 does; where every observed row's noise is known, new observations get
                 their median.
-            refine_prior: Refine to the posterior mode under BoTorch's default GP
-                prior (:data:`PRIOR_LOG_LENGTHSCALE_LOC` ...) instead of the
-                likelihood's: long, dimension-scaled lengthscales unless the data say
-                otherwise.
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -274,7 +258,7 @@ class GPHead(nn.Module):
             known = None if known_noise is None else known_noise.to(f64).reshape(b, n)
             if refine_steps > 0 and not self.training:
                 theta = self._refine(theta, X, y, observed, refine_steps, refine_min_context,
-                                     refine_max_rows, known, refine_prior)  # fmt: skip
+                                     refine_max_rows, known)  # fmt: skip
             fit, lml = self._condition(theta, X, y, observed, known)
             log_w = torch.log_softmax(logit + lml, dim=-1)
         return GPFit(*fit, log_w, observed)
@@ -335,7 +319,6 @@ class GPHead(nn.Module):
         min_context: int,
         max_rows: Optional[int] = None,
         known_noise: Optional[Tensor] = None,
-        prior: bool = False,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -380,33 +363,12 @@ class GPHead(nn.Module):
             for _ in range(steps):
                 opt.zero_grad()
                 lml = self._condition(p, Xr, yr, obs, kn)[1]  # `b' x J`
-                if prior:
-                    lml = lml + self._log_prior(p, kn, obs)
                 (-(lml / per_obs).sum()).backward()
                 opt.step()
             refined = p.detach()
         full = theta.detach().clone()
         full[todo] = refined
         return torch.where(todo.view(-1, 1, 1), full, theta)
-
-    @staticmethod
-    def _log_prior(theta: Tensor, known_noise: Optional[Tensor], observed: Tensor) -> Tensor:
-        r"""`b x J` log density (up to constants) of BoTorch's default GP prior at the
-        raw particles `theta` (`b x J x (d + 2)`), on the parameters :meth:`_condition`
-        uses: log lengthscales (the raw value plus `log(d) / 2`), the log outputscale
-        and, for contexts whose noise is not all known, the log noise."""
-        d = theta.shape[-1] - 2
-        log_ls = theta[..., :d] + 0.5 * math.log(max(d, 1))
-        loc = PRIOR_LOG_LENGTHSCALE_LOC + 0.5 * math.log(max(d, 1))
-        lp = -0.5 * ((log_ls - loc).square() / PRIOR_LOG_LENGTHSCALE_VAR).sum(-1)
-        log_os = theta[..., d]
-        lp = lp - 0.5 * log_os.square() / PRIOR_LOG_OUTPUTSCALE_VAR
-        log_noise = theta[..., d + 1].clamp_min(math.log(GP_MIN_NOISE))
-        noise_lp = -0.5 * (log_noise - PRIOR_LOG_NOISE_LOC).square() / PRIOR_LOG_NOISE_VAR
-        if known_noise is not None:  # no prior on a noise the data do not determine
-            known = torch.where(observed > 0, ~torch.isnan(known_noise), True).all(-1)
-            noise_lp = torch.where(known.unsqueeze(-1), 0.0, noise_lp)
-        return lp + noise_lp
 
     def _is_matern(self, device: torch.device) -> Tensor:
         return (torch.arange(self.particles, device=device) % 2 == 0).view(1, -1, 1, 1)

@@ -163,7 +163,6 @@ class PFNTransformer(nn.Module):
         steps: int,
         min_context: Optional[int] = None,
         max_rows: Optional[int] = None,
-        prior: Optional[bool] = None,
     ) -> None:
         r"""Set the GP head's particle refinement at inference (part of the config, so a
         saved checkpoint records it). Caches built before are stale afterwards (the
@@ -174,8 +173,6 @@ class PFNTransformer(nn.Module):
             min_context: Refine contexts with at least this many observed targets
                 (unchanged if None).
             max_rows: Refine on at most this many rows per context (unchanged if None).
-            prior: Refine to the mode under BoTorch's default GP prior (unchanged if
-                None; see ``gp_refine_prior`` of the config).
         """
         if not self.gp_head:
             raise ValueError("This network has no GP head (gp_head=False).")
@@ -186,7 +183,6 @@ class PFNTransformer(nn.Module):
             gp_refine_steps=steps,
             gp_refine_min_context=min_context,
             gp_refine_max_rows=c.gp_refine_max_rows if max_rows is None else max_rows,
-            gp_refine_prior=c.gp_refine_prior if prior is None else prior,
         )
 
     # ------------------------------------------------------------------ encoders
@@ -367,7 +363,7 @@ class PFNTransformer(nn.Module):
         c = self.config
         return self.gp.fit(token, context_X, context_Y, c.gp_refine_steps,
                            c.gp_refine_min_context, c.gp_refine_max_rows,
-                           known_noise=context_Yvar, refine_prior=c.gp_refine_prior)  # fmt: skip
+                           known_noise=context_Yvar)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:

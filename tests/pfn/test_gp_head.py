@@ -300,3 +300,4 @@ def test_known_noise_replaces_the_particles_noise():
     # a known noise level is used for every particle and for new observations
     fit = head.fit(token, X, Y, known_noise=torch.full_like(Y, 0.02))
     torch.testing.assert_close(fit.noise, torch.full_like(fit.noise, 0.02))
+
