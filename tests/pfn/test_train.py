@@ -2,7 +2,6 @@
 r"""The training pipeline on CPU: tiny config, learning, exact resume, clean stops."""
 
 import json
-import math
 import re
 
 import pytest

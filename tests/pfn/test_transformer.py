@@ -2,7 +2,6 @@
 r"""The network: cached context equals the reference path, any batch shape."""
 
 import itertools
-import math
 
 import pytest
 import torch

@@ -27,7 +27,7 @@ exact GP predictive, so benchmarks can compute oracle predictives.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional, Union
 
 import torch
