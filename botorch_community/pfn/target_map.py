@@ -98,11 +98,11 @@ class TargetMap:
         mean, std = context_moments(train_Y)
         plain = cls(mean, std)
         y = train_Y[~torch.isnan(train_Y)]
-        if not warp or y.numel() < MIN_WARP_CONTEXT or bool(std == 1.0) and bool(
-            (y == y[0]).all()
-        ):
+        if not warp or y.numel() < MIN_WARP_CONTEXT:
             return plain
         z = ((y - mean.reshape(())) / std.reshape(())).to(torch.float64)
+        if not bool(z.std() > 0.5):  # targets constant up to round-off: not standardised
+            return plain
         eps, delta, gain = _fit_sinh_arcsinh(z)
         if gain < MIN_LOG_LIK_GAIN:
             return plain

@@ -60,3 +60,7 @@ def test_constant_targets():
     assert not tmap.warped
     torch.testing.assert_close(tmap.inverse(tmap.forward(torch.tensor([3.0], dtype=torch.float64))),
                                torch.tensor([3.0], dtype=torch.float64))  # fmt: skip
+    near = torch.full((10, 1), 3.0, dtype=torch.float64)
+    near[::3] += torch.finfo(torch.float64).eps * 3.0  # round-off, not signal
+    assert not TargetMap.fit(near).warped
+
