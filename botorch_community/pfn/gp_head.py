@@ -259,9 +259,15 @@ class GPHead(nn.Module):
             if refine_steps > 0 and not self.training:
                 theta = self._refine(theta, X, y, observed, refine_steps, refine_min_context,
                                      refine_max_rows, known)  # fmt: skip
-            fit, lml = self._condition(theta, X, y, observed, known)
+            (Z, inv_ls, os, noise, L, alpha), lml = self._condition(theta, X, y, observed, known)
+            if known is not None:
+                # new observations: the median known noise where every observed row's is known
+                obs_known = torch.where(observed > 0, ~torch.isnan(known), True).all(-1)
+                typical = torch.nanmedian(torch.where(observed > 0, known, float("nan")), -1)
+                typical = typical.values.nan_to_num(GP_MIN_NOISE).clamp_min(GP_MIN_NOISE)  # `b`
+                noise = torch.where(obs_known.unsqueeze(-1), typical.unsqueeze(-1), noise)
             log_w = torch.log_softmax(logit + lml, dim=-1)
-        return GPFit(*fit, log_w, observed)
+        return GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed)
 
     def _condition(
         self,
@@ -276,7 +282,8 @@ class GPHead(nn.Module):
 
         Returns:
             `((Z, inv_lengthscale, outputscale, noise, L, alpha), lml)`, the first six
-            fields of a :class:`GPFit` and the `b x J` log marginal likelihoods.
+            fields of a :class:`GPFit` (`noise`: the particles' own) and the `b x J` log
+            marginal likelihoods.
         """
         b, n, d = X.shape
         J = theta.shape[1]
@@ -293,11 +300,6 @@ class GPHead(nn.Module):
         if known_noise is not None:
             kn = known_noise.clamp_min(GP_MIN_NOISE).unsqueeze(1)  # `b x 1 x n`
             row_noise = torch.where(torch.isnan(kn), row_noise, kn)  # `b x J x n`
-            # new observations: the median known noise where every observed row's is known
-            obs_known = torch.where(observed > 0, ~torch.isnan(known_noise), True).all(-1)
-            typical = torch.nanmedian(torch.where(observed > 0, known_noise, float("nan")), -1)
-            typical = typical.values.nan_to_num(GP_MIN_NOISE).clamp_min(GP_MIN_NOISE)  # `b`
-            noise = torch.where(obs_known.unsqueeze(-1), typical.unsqueeze(-1), noise)
         diag = torch.where(om > 0, row_noise + (GP_JITTER * os).unsqueeze(-1), 1.0)
         L = _robust_cholesky(K, diag, os)
         yj = y.unsqueeze(1).expand(b, J, n)
