@@ -10,7 +10,8 @@ computed on the noise-free values ``f(X, noise=False)``.
 Methods (``--methods``; default ``pfn_logei gp sobol``):
 
 * ``pfn_logei``: the PFN as a user runs it (README): ``PFNModel(train_X_unit, train_Y,
-  model=network)`` + ``DiscretizedLogExpectedImprovement(best_f=train_Y.max())``,
+  model=network)`` + ``DiscretizedLogExpectedImprovement(best_f=train_Y.max())`` (noisy
+  problems: ``best_f`` left at its default, the best posterior mean at the observations),
   ``optimize_acqf`` inside ``model.cache_training_context()``;
 * ``pfn_ei``: the same with ``DiscretizedExpectedImprovement``;
 * ``pfn_logei_noisefree``: ``pfn_logei`` told the noise: ``train_Yvar`` = the problem's
@@ -278,7 +279,9 @@ def run_one(problem_name: str, method: str, seed: int, args, network, pfn_option
             t_fit = time.perf_counter() - t0
             cls = (DiscretizedExpectedImprovement if base == "pfn_ei"
                    else DiscretizedLogExpectedImprovement)
-            acqf = cls(model, best_f=Y.max())
+            # as README shows it: the best observation for a noise-free objective; for a
+            # noisy one the default incumbent, the best posterior mean at the observations
+            acqf = cls(model, best_f=None if noise_std else Y.max())
             with model.cache_training_context():
                 u, _ = optimize_acqf(acqf, bounds=unit, q=1, num_restarts=args.num_restarts,
                                      raw_samples=args.raw_samples)

@@ -237,6 +237,54 @@ class _ThresholdMixin:
         return best_f if self.maximize else -best_f
 
 
+def posterior_mean_incumbent(
+    model: Model,
+    posterior_transform: PosteriorTransform | None = None,
+    maximize: bool = True,
+) -> Tensor:
+    r"""The best posterior mean of the objective over the model's training inputs.
+
+    .. math::
+
+        f^* = \max_{i:\, y_i \text{ observed}} \mathbb{E}[z(x_i) \mid \mathcal{D}]
+        \quad (\min \text{ if } maximize=False),
+
+    the plug-in incumbent of noisy EI: with noisy observations ``max(train_Y)`` is the
+    largest *noise draw*, which EI then tries to beat; the posterior mean at the
+    observed inputs removes that bias, and for noise-free data it equals the best
+    observation up to the model's fit at the observations.
+
+    Args:
+        model: A model with ``train_X`` (``n x d``) and ``train_Y`` (``n x 1``), such as
+            :class:`~botorch_community.models.prior_fitted_network.PFNModel`.
+        posterior_transform: Optional single-output ``ScalarizedPosteriorTransform``
+            defining the objective :math:`z = w y + o`.
+        maximize: If False, the smallest posterior mean.
+
+    Returns:
+        A scalar tensor (objective units).
+    """
+    train_X = getattr(model, "train_X", None)
+    train_Y = getattr(model, "train_Y", None)
+    if train_X is None or train_Y is None:
+        raise UnsupportedError(
+            f"`best_f=None` defaults the incumbent to the best posterior mean at the "
+            f"model's training inputs, but {type(model).__name__} has no `train_X` / "
+            "`train_Y`; pass `best_f` explicitly."
+        )
+    weight, offset = _direction_from_transform(posterior_transform)
+    observed = ~torch.isnan(train_Y).any(dim=-1)  # n
+    if train_X.dim() != 2 or not bool(observed.any()):
+        raise UnsupportedError(
+            "`best_f=None` needs an unbatched model with at least one observed target "
+            f"(train_X of shape {tuple(train_X.shape)}); pass `best_f` explicitly."
+        )
+    with torch.no_grad():
+        mean = model.posterior(train_X[observed]).mean[..., 0]  # n_obs
+    z = weight * mean + offset
+    return (z.max() if maximize else z.min()).detach()
+
+
 def _check_best_f(best_f: float | Tensor) -> Tensor:
     r"""Validate `best_f`; Python numbers are kept in float64 (no float32 rounding)."""
     if not torch.is_tensor(best_f):
@@ -280,7 +328,7 @@ class DiscretizedExpectedImprovement(_ThresholdMixin, DiscretizedAcquisitionFunc
     def __init__(
         self,
         model: Model,
-        best_f: float | Tensor,
+        best_f: float | Tensor | None = None,
         posterior_transform: PosteriorTransform | None = None,
         assume_symmetric_posterior: bool = False,
         maximize: bool = True,
@@ -290,9 +338,10 @@ class DiscretizedExpectedImprovement(_ThresholdMixin, DiscretizedAcquisitionFunc
 
         Args:
             model: A model whose posterior is a ``BoundedRiemannPosterior``.
-            best_f: The scalar incumbent in objective space (see module docstring):
-                the best observed ``y`` (its max, or its min if ``maximize=False``)
-                when no ``posterior_transform`` is given.
+            best_f: The scalar incumbent in objective space (see module docstring),
+                e.g. the best observed ``y`` of noise-free data. ``None`` (default):
+                the best posterior mean at the model's training inputs
+                (:func:`posterior_mean_incumbent`), right for noisy data too.
             posterior_transform: Optional single-output
                 ``ScalarizedPosteriorTransform`` defining the objective.
             assume_symmetric_posterior: See
@@ -307,6 +356,8 @@ class DiscretizedExpectedImprovement(_ThresholdMixin, DiscretizedAcquisitionFunc
             maximize=maximize,
             X_pending=X_pending,
         )
+        if best_f is None:
+            best_f = posterior_mean_incumbent(model, posterior_transform, maximize)
         self.register_buffer("best_f", _check_best_f(best_f))
 
     def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:
@@ -355,7 +406,7 @@ class DiscretizedLogExpectedImprovement(DiscretizedExpectedImprovement):
     def __init__(
         self,
         model: Model,
-        best_f: float | Tensor,
+        best_f: float | Tensor | None = None,
         posterior_transform: PosteriorTransform | None = None,
         assume_symmetric_posterior: bool = False,
         maximize: bool = True,
@@ -366,7 +417,9 @@ class DiscretizedLogExpectedImprovement(DiscretizedExpectedImprovement):
 
         Args:
             model: A model whose posterior is a ``BoundedRiemannPosterior``.
-            best_f: The scalar incumbent in objective space.
+            best_f: The scalar incumbent in objective space; ``None`` (default): the
+                best posterior mean at the training inputs (see
+                :class:`DiscretizedExpectedImprovement`).
             posterior_transform: Optional single-output
                 ``ScalarizedPosteriorTransform`` defining the objective.
             assume_symmetric_posterior: See
@@ -499,7 +552,7 @@ class DiscretizedProbabilityOfImprovement(
     def __init__(
         self,
         model: Model,
-        best_f: float | Tensor,
+        best_f: float | Tensor | None = None,
         posterior_transform: PosteriorTransform | None = None,
         assume_symmetric_posterior: bool = False,
         maximize: bool = True,
@@ -509,7 +562,8 @@ class DiscretizedProbabilityOfImprovement(
 
         Args:
             model: A model whose posterior is a ``BoundedRiemannPosterior``.
-            best_f: The scalar incumbent in objective space.
+            best_f: The scalar incumbent in objective space; ``None`` (default): the
+                best posterior mean at the training inputs.
             posterior_transform: Optional single-output
                 ``ScalarizedPosteriorTransform`` defining the objective.
             assume_symmetric_posterior: See
@@ -524,6 +578,8 @@ class DiscretizedProbabilityOfImprovement(
             maximize=maximize,
             X_pending=X_pending,
         )
+        if best_f is None:
+            best_f = posterior_mean_incumbent(model, posterior_transform, maximize)
         self.register_buffer("best_f", _check_best_f(best_f))
 
     def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:

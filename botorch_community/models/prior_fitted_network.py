@@ -222,6 +222,8 @@ class PFNModel(Model):
         self.predictive = predictive
         self._target_map_key: Optional[tuple] = None  # what `_target_map_value` is fitted to
         self._target_map_value: Optional[TargetMap] = None
+        # believed targets of the last pending set (see `_believed_targets`)
+        self._believed_memo: Optional[tuple] = None
         self._kv_cache: Optional[KVCache] = None
         self._cache_key: Optional[_CacheKey] = None  # what `_kv_cache` was encoded from
         self._cache_depth = 0  # nesting level of `cache_training_context()`
@@ -391,7 +393,8 @@ class PFNModel(Model):
         and, for a network with noise hints, the known noise variances in that space.
 
         Returns:
-            A :class:`_Context`: `X` (`n' x d`), `Y` (`n' x 1`, NaN for pending rows),
+            A :class:`_Context`: `X` (`n' x d`), `Y` (`n' x 1`; pending rows: believed
+            targets),
             `Yvar` (`n' x 1` or None), and the :class:`TargetMap` between user units
             and the network's space.
         """
@@ -409,12 +412,74 @@ class PFNModel(Model):
                 pending_X = self._check_pending(pending_X)
                 if hasattr(self, "input_transform"):
                     pending_X = self.input_transform(pending_X)
-                train_X = torch.cat([train_X, pending_X.to(train_X)], dim=-2)
-                nan = ctx_Y.new_full((pending_X.shape[-2], 1), float("nan"))  # n may be 0
-                ctx_Y = torch.cat([ctx_Y, nan], dim=-2)
+                pending_X = pending_X.to(train_X)
+                believed = self._believed_targets(
+                    train_X, ctx_Y, ctx_Yvar, pending_X, tmap, negate_train_ys
+                )  # n_pending x 1, network space
+                train_X = torch.cat([train_X, pending_X], dim=-2)
+                ctx_Y = torch.cat([ctx_Y, believed], dim=-2)
                 if ctx_Yvar is not None:
-                    ctx_Yvar = torch.cat([ctx_Yvar, self._typical_Yvar(ctx_Yvar, nan)], dim=-2)
+                    ctx_Yvar = torch.cat(
+                        [ctx_Yvar, self._typical_Yvar(ctx_Yvar, believed)], dim=-2
+                    )
         return _Context(train_X, ctx_Y, ctx_Yvar, tmap)
+
+    def _believed_targets(
+        self,
+        ctx_X: Tensor,
+        ctx_Y: Tensor,
+        ctx_Yvar: Optional[Tensor],
+        pending_X: Tensor,
+        tmap: TargetMap,
+        negate_train_ys: bool,
+    ) -> Tensor:
+        r"""Targets for pending points: the predictive mean given the observed rows.
+
+        A pending point enters the context with its predictive mean as target
+        ("kriging believer"): the predictive there then collapses, so EI near a point
+        already under evaluation drops and batches spread out (a row with a missing
+        target would be ignored by the network). The means are computed once per
+        pending set (a separate encode that leaves the model's cache alone) and reused
+        while the pending points, the training data and the network stay the same.
+
+        Args:
+            ctx_X: `n x d` transformed training inputs.
+            ctx_Y: `n x 1` training targets in the network's space.
+            ctx_Yvar: `n x 1` noise hints in the network's space, or None.
+            pending_X: `n_pending x d` transformed pending inputs.
+            tmap: The context's :class:`TargetMap`.
+            negate_train_ys: Whether the targets are negated.
+
+        Returns:
+            `n_pending x 1` targets in the network's space.
+        """
+        if pending_X.shape[-2] == 0:
+            return ctx_Y.new_zeros(0, 1)
+        net, state = self._network_and_state()
+        key = (net.training, state, negate_train_ys)
+        memo = self._believed_memo
+        if (
+            memo is not None
+            and memo[0] == key
+            and memo[1].shape == pending_X.shape
+            and torch.equal(memo[1], pending_X)
+            and memo[2].shape == ctx_X.shape
+            and torch.equal(memo[2], ctx_X)
+            and _equal_with_nan(memo[3], ctx_Y)
+        ):
+            return memo[4]
+        gp_borders = self._gp_borders(_Context(ctx_X, ctx_Y, ctx_Yvar, tmap))
+        with _eval_mode(self.pfn):
+            cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar)
+            # `n_pending x 1 x d`: each pending point alone (no test-test attention)
+            logits = net.predict(pending_X.unsqueeze(-2), cache, gp_borders=gp_borders)
+        borders = tmap.inverse((self.pfn.borders if gp_borders is None else gp_borders).to(ctx_Y))
+        mean = BoundedRiemannPosterior(
+            borders=borders, probabilities=logits.to(ctx_Y).softmax(dim=-1)
+        ).mean  # n_pending x 1 x 1, user units
+        believed = tmap.forward(mean.reshape(-1, 1))
+        self._believed_memo = (key, pending_X.clone(), ctx_X.clone(), ctx_Y.clone(), believed)
+        return believed
 
     @staticmethod
     def _typical_Yvar(ctx_Yvar: Tensor, like: Tensor) -> Tensor:
@@ -499,6 +564,7 @@ class PFNModel(Model):
         r"""Drop the held encoded context (it is re-encoded on the next call)."""
         self._kv_cache = None
         self._cache_key = None
+        self._believed_memo = None
 
     # ----------------------------------------------------------------- posterior
     def _prepare_X(self, X: Tensor) -> Tensor:
@@ -545,7 +611,7 @@ class PFNModel(Model):
 
         Args:
             X: `b? x q x d` untransformed inputs (at least 2-dim).
-            pending_X: `n_pending x d` points whose targets are missing.
+            pending_X: `n_pending x d` points under evaluation (believed targets).
             negate_train_ys: Model the negated targets.
 
         Returns:
@@ -646,7 +712,7 @@ class PFNModel(Model):
             posterior_transform: A single-output `ScalarizedPosteriorTransform`
                 (affine, e.g. weight -1 for minimisation) is applied exactly.
             pending_X: `n_pending x d` points under evaluation; they enter the context
-                with a missing target.
+                with their predictive mean as target (see :meth:`_believed_targets`).
             negate_train_ys: Model the negated training targets.
 
         Returns:
@@ -732,7 +798,7 @@ class _Context(NamedTuple):
     r"""The network's view of the training data (see :meth:`PFNModel._context`)."""
 
     X: Tensor  # `n x d` transformed inputs (pending rows last)
-    Y: Tensor  # `n x 1` standardised targets (NaN: pending)
+    Y: Tensor  # `n x 1` standardised targets (pending rows: believed)
     Yvar: Optional[Tensor]  # `n x 1` known noise variances, standardised (noise hints)
     target_map: TargetMap  # user units <-> the network's space
 
@@ -751,7 +817,7 @@ class _CacheKey(NamedTuple):
     r"""What a model's held :class:`KVCache` was encoded from."""
 
     X: Tensor  # `... x n x d` context inputs
-    Y: Tensor  # `... x n x 1` standardised targets (NaN: pending)
+    Y: Tensor  # `... x n x 1` standardised targets (pending rows: believed)
     Yvar: Optional[Tensor]  # standardised noise hints, or None
     training: bool  # the network's mode
     state: tuple  # the shared network's weights state

@@ -577,3 +577,52 @@ class TestOptimization(BotorchTestCase):
         pending = [c["pending_X"] for c in model.calls if c["pending_X"] is not None]
         self.assertTrue(pending)
         self.assertAllClose(pending[-1][-1], candidates[0])
+
+
+class TestPosteriorMeanIncumbent(BotorchTestCase):
+    r"""``best_f=None``: the best posterior mean at the training inputs."""
+
+    def _model(self):
+        model = SoftmaxModel()
+        model.train_X = torch.rand(6, 2, dtype=DT, generator=torch.Generator().manual_seed(3))
+        model.train_Y = torch.randn(6, 1, dtype=DT)
+        return model
+
+    def test_default_is_best_posterior_mean_of_observed_rows(self):
+        from botorch_community.acquisition.discretized import posterior_mean_incumbent
+
+        model = self._model()
+        model.train_Y[2] = float("nan")  # a row without target does not count
+        observed = torch.tensor([True, True, False, True, True, True])
+        mean = model.posterior(model.train_X[observed]).mean.squeeze(-1)
+        for cls in (
+            DiscretizedExpectedImprovement,
+            DiscretizedLogExpectedImprovement,
+            DiscretizedProbabilityOfImprovement,
+        ):
+            self.assertAllClose(cls(model).best_f, mean.max())
+            self.assertAllClose(cls(model, maximize=False).best_f, mean.min())
+            # an explicit best_f is kept as given
+            self.assertAllClose(cls(model, best_f=0.25).best_f, torch.tensor(0.25, dtype=DT))
+        transform = ScalarizedPosteriorTransform(weights=torch.tensor([-2.0], dtype=DT),
+                                                 offset=1.0)
+        self.assertAllClose(
+            posterior_mean_incumbent(model, transform), (1.0 - 2.0 * mean).max()
+        )
+
+    def test_model_without_training_data_gets_a_clear_error(self):
+        with self.assertRaisesRegex(UnsupportedError, "pass `best_f` explicitly"):
+            DiscretizedLogExpectedImprovement(SoftmaxModel())
+
+    def test_shipped_network_noisy_incumbent_below_noisy_max(self):
+        r"""With noisy observations max(train_Y) is the largest noise draw; the default
+        incumbent sits near the noise-free best instead (shipped network)."""
+        from botorch_community.models.prior_fitted_network import PFNModel
+
+        gen = torch.Generator().manual_seed(0)
+        X = torch.rand(40, 2, dtype=DT, generator=gen)
+        f = torch.sin(3 * X[:, :1]) + X[:, 1:] ** 2  # range ~[-0.1, 2]
+        Y = f + 0.3 * torch.randn(40, 1, dtype=DT, generator=gen)
+        acqf = DiscretizedLogExpectedImprovement(PFNModel(X, Y))
+        self.assertLess(acqf.best_f.item(), Y.max().item() - 0.1)
+        self.assertLess(abs(acqf.best_f.item() - f.max().item()), 0.3)

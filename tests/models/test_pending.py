@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+r"""Pending points enter the context with believed targets (shipped network)."""
+
+from __future__ import annotations
+
+import torch
+from botorch.optim import optimize_acqf
+from botorch.test_functions import Hartmann
+from botorch.utils.testing import BotorchTestCase
+from botorch_community.acquisition.discretized import DiscretizedLogExpectedImprovement
+from botorch_community.models.prior_fitted_network import PFNModel
+
+DT = torch.float64
+
+
+def _hartmann_model(n: int = 30, seed: int = 0) -> tuple[PFNModel, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, 6, dtype=DT, generator=gen)
+    Y = Hartmann(dim=6, negate=True)(X).unsqueeze(-1)
+    return PFNModel(X, Y), X, Y
+
+
+class TestPendingPoints(BotorchTestCase):
+    def test_pending_point_is_an_observation_at_its_predictive_mean(self):
+        model, X, Y = _hartmann_model()
+        x = torch.full((1, 6), 0.5, dtype=DT)
+        Xt = torch.rand(4, 6, dtype=DT, generator=torch.Generator().manual_seed(5))
+        free = model.posterior(x)
+        pending = model.posterior(torch.cat([x, Xt]), pending_X=x)
+        believer = PFNModel(torch.cat([X, x]), torch.cat([Y, free.mean.reshape(1, 1)]))
+        expected = believer.posterior(torch.cat([x, Xt]))
+        # (up to the target standardisation, fitted to the observed rows only)
+        self.assertAllClose(pending.mean, expected.mean, rtol=0.01, atol=1e-3)
+        self.assertAllClose(pending.variance, expected.variance, rtol=0.03, atol=1e-4)
+        # so the predictive at the pending point shrinks (EI there drops)
+        self.assertLess(pending.variance[0].sqrt().item(), 0.6 * free.variance.sqrt().item())
+
+    def test_believed_targets_reused_and_cache_kept(self):
+        model, X, _ = _hartmann_model()
+        P = torch.rand(3, 6, dtype=DT, generator=torch.Generator().manual_seed(1))
+        acqf = DiscretizedLogExpectedImprovement(model, X_pending=P)
+        with model.cache_training_context():
+            acqf(torch.rand(5, 1, 6, dtype=DT))
+            memo = model._believed_memo[-1]
+            n_enc = model.num_encodings
+            acqf(torch.rand(5, 1, 6, dtype=DT))
+            self.assertIs(model._believed_memo[-1], memo)  # same pending set: no new means
+            self.assertEqual(model.num_encodings, n_enc)  # the held cache was kept
+        # new training data: new believed targets
+        model.train_Y = model.train_Y + 1.0
+        model.posterior(torch.rand(2, 6, dtype=DT), pending_X=P)
+        self.assertIsNot(model._believed_memo[-1], memo)
+        # no pending points: an empty believed set
+        self.assertEqual(model.posterior(P, pending_X=P[:0]).mean.shape, torch.Size([3, 1]))
+
+    def test_sequential_batch_spreads_out(self):
+        r"""q = 4 by sequential greedy optimisation: distinct, spread candidates, none
+        on a pending point (with missing-target pending rows the network ignored them
+        and batches were copies of one point)."""
+        model, X, Y = _hartmann_model(n=40, seed=2)
+        acqf = DiscretizedLogExpectedImprovement(model, best_f=Y.max())
+        bounds = torch.stack([torch.zeros(6, dtype=DT), torch.ones(6, dtype=DT)])
+        torch.manual_seed(0)
+        with model.cache_training_context():
+            cands, _ = optimize_acqf(acqf, bounds, q=4, num_restarts=4, raw_samples=128,
+                                     sequential=True, options={"maxiter": 50})
+        dist = torch.cdist(cands, cands) + torch.eye(4, dtype=DT) * 10
+        self.assertGreater(dist.min().item(), 0.05)
