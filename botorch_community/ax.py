@@ -69,6 +69,7 @@ __all__ = [
     "load_network",
     "pfn_generation_strategy",
     "pfn_model_config",
+    "PFNAcquisition",
     "register_network",
     "register_with_ax",
 ]
@@ -112,9 +113,12 @@ def register_with_ax() -> bool:
         )
         from ax.generators.torch.botorch_modular.utils import fit_botorch_model
         from ax.storage.botorch_modular_registry import (
+            register_acquisition,
             register_acquisition_function,
             register_model,
         )
+
+        from botorch_community._ax_acquisition import PFNAcquisition
 
         from botorch_community.models.prior_fitted_network import (
             MultivariatePFNModel,
@@ -153,6 +157,7 @@ def register_with_ax() -> bool:
             register_model(cls)
         for cls in _acquisition_classes():
             register_acquisition_function(cls)
+        register_acquisition(PFNAcquisition)
         _REGISTERED_WITH_AX = True
     return True
 
@@ -205,6 +210,9 @@ def pfn_model_config(
         )
     if network is not None and not isinstance(network, str):
         network = os.fspath(network)
+    # Resolve the network now (loaded once per process and shared with the models), so
+    # a typo is reported when the strategy is built, not after the Sobol trials.
+    load_network(network or "default")
     return ModelConfig(
         botorch_model_class=model_class or PFNModel,
         model_options={"network": network or "default", "cache_context": cache_context},
@@ -233,11 +241,14 @@ def pfn_generation_strategy(
 
     Args:
         num_sobol: Number of quasi-random initial trials (0: start with the PFN).
-        acquisition: A BoTorch acquisition class. Default:
+        acquisition: A BoTorch acquisition class. Default: chosen by Ax from the
+            optimization config at each generation call (``PFNAcquisition``):
             ``DiscretizedLogExpectedImprovement`` (exact under the PFN's bar
-            distribution; single objective without outcome constraints). Pass
-            ``qLogNoisyExpectedImprovement`` (MC over the PFN posterior) for outcome
-            constraints, or None to let Ax choose (qLogNEI / qLogNEHVI).
+            distribution) for one objective without outcome constraints (tracked
+            metrics allowed), Ax's choice otherwise (``qLogNoisyExpectedImprovement``
+            with constraints, ``qLogNoisyExpectedHypervolumeImprovement`` for several
+            objectives, ``qLogProbabilityOfFeasibility`` while nothing observed is
+            feasible). None: always Ax's choice.
         model_class: ``PFNModel`` (default) or ``MultivariatePFNModel`` (joint
             posterior over a batch, for MC acquisitions with ``q > 1``).
         network: ``"default"`` (shipped weights), a local checkpoint path, or a name
@@ -262,17 +273,24 @@ def pfn_generation_strategy(
     from ax.utils.common.constants import Keys
 
     register_with_ax()
-    if acquisition is _DEFAULT:
-        from botorch_community.acquisition.discretized import (
-            DiscretizedLogExpectedImprovement,
-        )
+    if acquisition is not None and acquisition is not _DEFAULT:
+        from botorch.acquisition import AcquisitionFunction
 
-        acquisition = DiscretizedLogExpectedImprovement
+        if not (isinstance(acquisition, type) and issubclass(acquisition, AcquisitionFunction)):
+            raise UnsupportedError(
+                "`acquisition` must be a BoTorch AcquisitionFunction class (e.g. "
+                "DiscretizedLogExpectedImprovement or qLogNoisyExpectedImprovement), "
+                f"None, or left out; got {acquisition!r}."
+            )
     config = pfn_model_config(model_class, network, cache_context)
     generator_kwargs: dict[str, Any] = {
         "surrogate_spec": SurrogateSpec(model_configs=[config]),
     }
-    if acquisition is not None:
+    if acquisition is _DEFAULT:
+        from botorch_community._ax_acquisition import PFNAcquisition
+
+        generator_kwargs["acquisition_class"] = PFNAcquisition
+    elif acquisition is not None:
         generator_kwargs["botorch_acqf_class"] = acquisition
     if acquisition_options:
         generator_kwargs["botorch_acqf_options"] = dict(acquisition_options)
@@ -307,6 +325,15 @@ def pfn_generation_strategy(
             should_deduplicate=True,
         )
     )
-    acq_name = "auto" if acquisition is None else acquisition.__name__
+    acq_name = {None: "auto", _DEFAULT: "PFNAcquisition"}.get(acquisition) or acquisition.__name__
     default_name = f"Sobol+{config.botorch_model_class.__name__}+{acq_name}"
     return GenerationStrategy(nodes=steps, name=name or default_name)
+
+
+def __getattr__(name: str) -> Any:
+    # `PFNAcquisition` subclasses Ax's Acquisition: imported on first use (needs Ax).
+    if name == "PFNAcquisition":
+        from botorch_community._ax_acquisition import PFNAcquisition
+
+        return PFNAcquisition
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -222,8 +222,9 @@ def test_pending_trial_reaches_discretized_acquisition(client, net, monkeypatch)
     client.get_next_trials(max_trials=1)
     acqf = client._generation_strategy.adapter.generator._acquisition.acqf
     assert acqf.X_pending is not None and acqf.X_pending.shape[0] == 1
-    # One context with the pending row (acquisition), one without (Ax's predictions).
-    assert count.encode == 2
+    # The observed context twice (the pending point's believed target, Ax's
+    # predictions) and once with the pending row (the acquisition).
+    assert count.encode == 3
     for idx, trial in client._experiment.trials.items():
         if not trial.status.is_terminal:
             client.complete_trial(idx, raw_data={"f": bowl(trial.arm.parameters)})
@@ -234,7 +235,7 @@ def test_json_round_trip(client, net, tmp_path):
     path = tmp_path / "snapshot.json"
     client.save_to_json_file(str(path))
     text = path.read_text()
-    assert '"PFNModel"' in text and '"DiscretizedLogExpectedImprovement"' in text
+    assert '"PFNModel"' in text and '"PFNAcquisition"' in text
 
     loaded = Client.load_from_json_file(str(path))
     assert len(loaded._experiment.trials) == len(client._experiment.trials)
@@ -243,10 +244,12 @@ def test_json_round_trip(client, net, tmp_path):
     (config,) = kwargs["surrogate_spec"].model_configs
     assert config.botorch_model_class is PFNModel
     assert config.model_options == {"network": "test-pfn", "cache_context": True}
-    assert kwargs["botorch_acqf_class"] is DiscretizedLogExpectedImprovement
+    assert kwargs["acquisition_class"] is bax.PFNAcquisition
     run(loaded, 1, {"f": bowl})  # and it keeps optimising with the PFN
     (model,) = pfn_models(loaded)
     assert type(model) is PFNModel and model.pfn is net
+    acqf = loaded._generation_strategy.adapter.generator._acquisition.acqf
+    assert isinstance(acqf, DiscretizedLogExpectedImprovement)
 
 
 def test_registries():
@@ -463,3 +466,63 @@ def test_branin_end_to_end_default_network():
     # seed in 3 of these 4 seeds; seed 0's Sobol points already reach 3.55, optimum 0.398).
     assert statistics.mean(best_guided) < statistics.mean(best_sobol), (best_guided, best_sobol)
     assert sum(g < s for g, s in zip(best_guided, best_sobol)) >= 2, (best_guided, best_sobol)
+
+
+# ------------------- (6) Ax round two: the default acquisition follows the optimization
+def _default_gs(network="test-pfn", num_sobol=4):
+    return bax.pfn_generation_strategy(
+        num_sobol=num_sobol, network=network, optimizer_options=SMALL_OPT, seed=0
+    )
+
+
+def _acqf(client):
+    return client._generation_strategy.adapter.generator._acquisition.acqf
+
+
+def test_tracked_metric_keeps_discretized_logei(net, no_gp_fit):
+    client = make_client(_default_gs())
+    run(client, 5, {"f": bowl, "c": lambda p: p["x1"] * p["x2"]})  # c only tracked
+    acqf = _acqf(client)
+    assert isinstance(acqf, DiscretizedLogExpectedImprovement)
+    # the incumbent is the objective's best observation (minimised: its min) in the
+    # model's (Ax-standardised) units, taken from the objective's own model
+    fs = torch.tensor([bowl(t.arm.parameters) for t in trials_of(client)[:-1]])
+    Y = acqf.model.train_Y.squeeze(-1)
+    assert Y.argmin() == fs.argmin() and not acqf.maximize
+    assert math.isclose(acqf.best_f.item(), Y.min().item(), rel_tol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore:When all training points are infeasible")
+def test_constraint_and_two_objectives_use_ax_choice(net, no_gp_fit):
+    from botorch.acquisition.multi_objective.logei import (
+        qLogNoisyExpectedHypervolumeImprovement,
+    )
+
+    client = make_client(_default_gs(), constraints=["c <= 12.0"])
+    run(client, 5, CONSTRAINED)
+    assert isinstance(_acqf(client), qLogNoisyExpectedImprovement)
+
+    client = make_client(_default_gs(), objective="-f, -g")
+    run(client, 5, {"f": bowl, "g": lambda p: (p["x1"] - 5.0) ** 2 + p["x2"]})
+    assert isinstance(_acqf(client), qLogNoisyExpectedHypervolumeImprovement)
+
+
+def test_network_typo_reported_when_the_strategy_is_built():
+    with pytest.raises(FileNotFoundError, match="no-such-net"):
+        bax.pfn_generation_strategy(network="no-such-net")
+    with pytest.raises(UnsupportedError, match="AcquisitionFunction class"):
+        bax.pfn_generation_strategy(acquisition="qLogNEI")
+
+
+@pytest.mark.skipif(not _has_default_weights(), reason="default weights not shipped")
+def test_batch_of_four_is_spread_shipped_network(no_gp_fit):
+    r"""q = 4 with the default acquisition: Ax optimises the batch sequentially with
+    the earlier points pending; the PFN conditions on them (believed targets), so the
+    batch is four distinct points, not copies of one."""
+    client = make_client(_default_gs(network="default", num_sobol=6))
+    run(client, 7, {"f": bowl})  # (Ax gives one trial at the step from Sobol to BoTorch)
+    batch = client.get_next_trials(max_trials=4)
+    X = torch.tensor([[p["x1"], p["x2"]] for p in batch.values()], dtype=torch.float64)
+    X = X / torch.tensor([15.0, 15.0], dtype=torch.float64)  # the unit cube's scale
+    dist = torch.cdist(X, X) + 10 * torch.eye(len(X), dtype=torch.float64)
+    assert len(batch) == 4 and dist.min() > 0.02

@@ -35,6 +35,7 @@ from botorch.acquisition.objective import (
 )
 from botorch.exceptions.errors import UnsupportedError
 from botorch.models.model import Model
+import torch
 from botorch.utils.datasets import SupervisedDataset
 from torch import Tensor
 
@@ -88,11 +89,26 @@ def _resolve_direction(
 
 
 def _default_best_f(
-    training_data: SupervisedDataset | dict[Hashable, SupervisedDataset],
+    training_data: SupervisedDataset | dict[Hashable, SupervisedDataset] | None,
     posterior_transform: PosteriorTransform | None,
     maximize: bool,
+    model: Model | None = None,
 ) -> Tensor:
-    r"""Best observed objective value (max, or min if ``maximize=False``)."""
+    r"""Best observed objective value (max, or min if ``maximize=False``).
+
+    Taken from the model's own single-output training targets where it has them (a
+    ``PFNModel``): Ax passes the data of *all* metrics as ``training_data`` but a model
+    already subset to the objective, so tracked metrics do not get in the way.
+    """
+    train_Y = getattr(model, "train_Y", None)
+    if torch.is_tensor(train_Y) and train_Y.dim() == 2 and train_Y.shape[-1] == 1:
+        Y = train_Y if posterior_transform is None else posterior_transform.evaluate(train_Y)
+        return Y.max() if maximize else Y.min()
+    if training_data is None:
+        raise ValueError(
+            "Either `best_f` or `training_data` (to default `best_f` to the best "
+            "observed value) is required."
+        )
     if isinstance(training_data, dict):
         if len(training_data) != 1:
             raise UnsupportedError(
@@ -132,12 +148,7 @@ def construct_inputs_discretized_best_f(
         posterior_transform, objective, maximize
     )
     if best_f is None:
-        if training_data is None:
-            raise ValueError(
-                "Either `best_f` or `training_data` (to default `best_f` to the best "
-                "observed value) is required."
-            )
-        best_f = _default_best_f(training_data, posterior_transform, maximize)
+        best_f = _default_best_f(training_data, posterior_transform, maximize, model)
     return {
         "model": model,
         "best_f": best_f,
