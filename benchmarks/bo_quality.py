@@ -10,8 +10,7 @@ computed on the noise-free values ``f(X, noise=False)``.
 Methods (``--methods``; default ``pfn_logei gp sobol``):
 
 * ``pfn_logei``: the PFN as a user runs it (README): ``PFNModel(train_X_unit, train_Y,
-  model=network)`` + ``DiscretizedLogExpectedImprovement(best_f=train_Y.max())`` (noisy
-  problems: ``best_f`` left at its default, the best posterior mean at the observations),
+  model=network)`` + ``DiscretizedLogExpectedImprovement(best_f=train_Y.max())``,
   ``optimize_acqf`` inside ``model.cache_training_context()``;
 * ``pfn_ei``: the same with ``DiscretizedExpectedImprovement``;
 * ``pfn_logei_noisefree``: ``pfn_logei`` told the noise: ``train_Yvar`` = the problem's
@@ -279,9 +278,7 @@ def run_one(problem_name: str, method: str, seed: int, args, network, pfn_option
             t_fit = time.perf_counter() - t0
             cls = (DiscretizedExpectedImprovement if base == "pfn_ei"
                    else DiscretizedLogExpectedImprovement)
-            # as README shows it: the best observation for a noise-free objective; for a
-            # noisy one the default incumbent, the best posterior mean at the observations
-            acqf = cls(model, best_f=None if noise_std else Y.max())
+            acqf = cls(model, best_f=Y.max())
             with model.cache_training_context():
                 u, _ = optimize_acqf(acqf, bounds=unit, q=1, num_restarts=args.num_restarts,
                                      raw_samples=args.raw_samples)
