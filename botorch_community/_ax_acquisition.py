@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
 r"""The acquisition that :func:`botorch_community.ax.pfn_generation_strategy` uses by
-default: Ax's own choice of acquisition function, with the PFN's exact discretized LogEI
-where that choice is plain single-objective noisy EI.
+default: Ax's own choice of acquisition function, turned into what suits a PFN.
 
 Ax picks the BoTorch acquisition class from the optimization config at every generation
 call (``choose_botorch_acqf_class``): ``qLogNoisyExpectedImprovement`` for one objective,
 ``qLogNoisyExpectedHypervolumeImprovement`` for several, ``qLogProbabilityOfFeasibility``
-while no observed point is feasible. :class:`PFNAcquisition` keeps that choice, except
-for one objective without outcome constraints, where it uses
-:class:`~botorch_community.acquisition.discretized.DiscretizedLogExpectedImprovement`:
-exact under the PFN's bar distribution and one network pass per candidate (qLogNEI
-re-evaluates the joint posterior of all baseline points at every call). Tracked metrics
-that are neither objective nor constraint do not matter: Ax subsets the model to the
-objective first.
+while no observed point is feasible. :class:`PFNAcquisition` replaces the noisy variants
+(:func:`pfn_acquisition_class`):
+
+* one objective without outcome constraints: the exact discretized LogEI
+  (:class:`~botorch_community.acquisition.discretized.DiscretizedLogExpectedImprovement`);
+* one objective with outcome constraints: ``qLogExpectedImprovement`` with the same
+  constraints and, as incumbent, the best feasible posterior mean at the observations;
+* several objectives: ``qLogExpectedHypervolumeImprovement`` on the Pareto front of the
+  posterior means at the observations (BoTorch's input constructor).
+
+The noisy variants sample the joint posterior of every observed point with the
+candidates at each call, because a GP's posterior couples them; a PFN's marginal
+predictive at the observations is a constant of the generation, so the plug-in variants
+use the same information at the cost of the `q` candidates alone. Tracked metrics that
+are neither objective nor constraint do not matter: Ax subsets the model first.
 
 This module imports Ax; only :mod:`botorch_community.ax` imports it.
 """
@@ -21,8 +28,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ax.generators.torch.botorch_modular.acquisition import Acquisition
-from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.acquisition.logei import (
+    qLogExpectedImprovement,
+    qLogNoisyExpectedImprovement,
+)
+from botorch.acquisition.multi_objective.logei import (
+    qLogExpectedHypervolumeImprovement,
+    qLogNoisyExpectedHypervolumeImprovement,
+)
+
+from botorch.acquisition.input_constructors import get_best_f_mc
+from botorch.utils.constraints import get_outcome_constraint_transforms
+from botorch.utils.datasets import SupervisedDataset
+from torch import Tensor
 
 from botorch_community.acquisition.discretized import DiscretizedLogExpectedImprovement
 
@@ -32,18 +53,34 @@ __all__ = ["PFNAcquisition", "pfn_acquisition_class"]
 def pfn_acquisition_class(
     botorch_acqf_class: type | None, torch_opt_config: Any
 ) -> type | None:
-    r"""The acquisition class to use for Ax's choice ``botorch_acqf_class``: discretized
-    LogEI in place of qLogNEI for one objective without outcome constraints."""
+    r"""The acquisition class to use in place of Ax's choice ``botorch_acqf_class``.
+
+    * qLogNEI, one objective, no outcome constraints: discretized LogEI (exact).
+    * qLogNEI with outcome constraints: qLogEI (constraints as in qLogNEI, the incumbent
+      the best feasible observation).
+    * qLogNEHVI: qLogEHVI on the Pareto front of the PFN's posterior means at the
+      observations.
+
+    The "noisy" variants sample the joint posterior of all observed points with the
+    candidates at every call, because a GP's posterior couples them. A PFN's marginal
+    predictive at the observations is a constant of the generation, so the plug-in
+    variants see the same information at a fraction of the cost (q points per call
+    instead of n + q).
+    """
     single = not getattr(torch_opt_config, "is_moo", False)
     unconstrained = getattr(torch_opt_config, "outcome_constraints", None) is None
-    if botorch_acqf_class is qLogNoisyExpectedImprovement and single and unconstrained:
-        return DiscretizedLogExpectedImprovement
+    if botorch_acqf_class is qLogNoisyExpectedImprovement:
+        if single and unconstrained:
+            return DiscretizedLogExpectedImprovement
+        return qLogExpectedImprovement
+    if botorch_acqf_class is qLogNoisyExpectedHypervolumeImprovement:
+        return qLogExpectedHypervolumeImprovement
     return botorch_acqf_class
 
 
 class PFNAcquisition(Acquisition):
-    r"""Ax ``Acquisition`` that swaps Ax's qLogNEI for the PFN's discretized LogEI on
-    single, unconstrained objectives (see the module docstring)."""
+    r"""Ax ``Acquisition`` that swaps Ax's choice for what suits a PFN surrogate
+    (:func:`pfn_acquisition_class`; see the module docstring)."""
 
     def __init__(
         self,
@@ -71,4 +108,45 @@ class PFNAcquisition(Acquisition):
             botorch_acqf_classes_with_options=botorch_acqf_classes_with_options,
             n=n,
             options=options,
+        )
+
+    def _construct_botorch_acquisition(
+        self, botorch_acqf_class: type, botorch_acqf_options: dict[str, Any], model: Any
+    ) -> Any:
+        if botorch_acqf_class is qLogExpectedImprovement and "best_f" not in botorch_acqf_options:
+            botorch_acqf_options = {
+                **botorch_acqf_options,
+                "best_f": self._plug_in_best_f(botorch_acqf_class, model),
+            }
+        return super()._construct_botorch_acquisition(
+            botorch_acqf_class=botorch_acqf_class,
+            botorch_acqf_options=botorch_acqf_options,
+            model=model,
+        )
+
+    def _plug_in_best_f(self, botorch_acqf_class: type, model: Any) -> Tensor:
+        r"""qLogEI's incumbent: the best feasible objective of the posterior means at the
+        observed points, on the model as Ax subset it (BoTorch's default reads every
+        metric's training data, tracked ones included, and fails to match the model)."""
+        objective, posterior_transform = self.get_botorch_objective_and_transform(
+            botorch_acqf_class=botorch_acqf_class,
+            model=model,
+            objective_weights=self._objective_weights,
+            outcome_constraints=self._outcome_constraints,
+            X_observed=self.X_observed,
+        )
+        X = self.X_observed
+        with torch.no_grad():
+            mean = model.posterior(X).mean  # n x m
+        dataset = SupervisedDataset(
+            X=X, Y=mean,
+            feature_names=[f"x{i}" for i in range(X.shape[-1])],
+            outcome_names=[f"y{i}" for i in range(mean.shape[-1])],
+        )  # fmt: skip
+        return get_best_f_mc(
+            training_data=dataset,
+            objective=objective,
+            posterior_transform=posterior_transform,
+            constraints=get_outcome_constraint_transforms(self._outcome_constraints),
+            model=model,
         )

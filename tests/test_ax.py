@@ -493,18 +493,33 @@ def test_tracked_metric_keeps_discretized_logei(net, no_gp_fit):
 
 
 @pytest.mark.filterwarnings("ignore:When all training points are infeasible")
-def test_constraint_and_two_objectives_use_ax_choice(net, no_gp_fit):
+def test_constraint_and_two_objectives_use_plug_in_mc_acquisitions(net, no_gp_fit):
+    r"""Ax chooses qLogNEI (constraints) / qLogNEHVI (two objectives); with a PFN the
+    plug-in variants qLogEI / qLogEHVI replace them (the marginal predictive at the
+    observations is fixed within a generation), tracked metrics included."""
+    from botorch.acquisition.logei import qLogExpectedImprovement
     from botorch.acquisition.multi_objective.logei import (
-        qLogNoisyExpectedHypervolumeImprovement,
+        qLogExpectedHypervolumeImprovement,
     )
 
+    tracked = {"t": lambda p: p["x1"] * p["x2"]}
     client = make_client(_default_gs(), constraints=["c <= 12.0"])
-    run(client, 5, CONSTRAINED)
-    assert isinstance(_acqf(client), qLogNoisyExpectedImprovement)
+    run(client, 6, {**CONSTRAINED, **tracked})
+    acqf = _acqf(client)
+    assert isinstance(acqf, qLogExpectedImprovement) and acqf._constraints
+    # incumbent: the best feasible posterior mean at the observations (minimising f)
+    acq = client._generation_strategy.adapter.generator._acquisition
+    with torch.no_grad():
+        mean = acq._model.posterior(acq.X_observed).mean  # n x 2 (f, c; t dropped)
+    A, b = acq._outcome_constraints
+    feasible = (mean @ A.transpose(-1, -2) <= b.transpose(-1, -2)).all(dim=-1)
+    assert feasible.any()
+    best = (mean @ acq._objective_weights.reshape(-1).to(mean))[feasible].max()
+    assert math.isclose(acqf.best_f.item(), best.item(), rel_tol=1e-6)
 
     client = make_client(_default_gs(), objective="-f, -g")
-    run(client, 5, {"f": bowl, "g": lambda p: (p["x1"] - 5.0) ** 2 + p["x2"]})
-    assert isinstance(_acqf(client), qLogNoisyExpectedHypervolumeImprovement)
+    run(client, 5, {"f": bowl, "g": lambda p: (p["x1"] - 5.0) ** 2 + p["x2"], **tracked})
+    assert isinstance(_acqf(client), qLogExpectedHypervolumeImprovement)
 
 
 def test_network_typo_reported_when_the_strategy_is_built():
