@@ -567,3 +567,58 @@ def test_repeated_bo_iterations_leak_nothing():
     assert all(r() is None for r in refs)
     growth = (proc.memory_info().rss - rss0) / 2**20
     assert growth < 50, f"RSS grew by {growth:.1f} MB over 100 BO iterations"
+
+
+# ------------------------------------------ round two (shipped network, issue #21 item 6)
+@pytest.fixture(scope="module")
+def shipped():
+    from botorch_community.pfn.networks import default_network
+
+    return default_network()
+
+
+def test_empty_batches_give_empty_results_shipped(shipped):
+    X, Y = _data(n=12, d=3, dtype=torch.float64)
+    for cls in (PFNModel, MultivariatePFNModel):
+        m = cls(X, Y, model=shipped)
+        for shape in ((0, 1, 3), (4, 0, 3), (0, 2, 3)):
+            post = m.posterior(torch.rand(*shape, dtype=torch.float64))
+            assert post.mean.shape == torch.Size([*shape[:-1], 1])
+    acqf = DiscretizedLogExpectedImprovement(PFNModel(X, Y, model=shipped), best_f=1.0)
+    assert acqf(torch.rand(0, 1, 3, dtype=torch.float64)).shape == torch.Size([0])
+
+
+def test_integer_test_inputs_use_the_training_dtype_shipped(shipped):
+    X, Y = _data(n=12, d=3, dtype=torch.float64)
+    m = PFNModel(X, Y, model=shipped)
+    grid = torch.randint(0, 2, (5, 3))
+    post = m.posterior(grid)
+    assert post.mean.dtype == torch.float64
+    torch.testing.assert_close(post.mean, m.posterior(grid.double()).mean)
+
+
+def test_clear_errors_shipped(shipped):
+    X, Y = _data(n=12, d=3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="network_dtype must be torch.float32 or"):
+        PFNModel(X.float(), Y.float(), model=shipped, network_dtype=torch.float16)
+    with pytest.raises(UnsupportedError, match="no features"):
+        PFNModel(X[:, :0], Y, model=shipped)
+    with pytest.raises(ValueError, match="spread overflows torch.float64"):
+        PFNModel(X, Y * 1e300, model=shipped)
+    bounds = torch.tensor([[0.0, 0.0, 0.5], [1.0, 1.0, 0.5]], dtype=torch.float64)
+    m = PFNModel(X, Y, model=shipped, input_transform=Normalize(3, bounds=bounds))
+    with pytest.raises(ValueError, match="maps finite X to NaN or inf"):
+        m.posterior(torch.rand(2, 3, dtype=torch.float64))
+
+
+def test_new_float64_model_sees_weights_edited_through_data(net):
+    r"""A `.data` edit bypasses version counters, so the shared float64 copy cannot
+    see it from the state key; a newly built model checks the copy once and rebuilds."""
+    edited = copy.deepcopy(net)
+    X, Y = _data(dtype=torch.float64)
+    x = torch.rand(5, 3, dtype=torch.float64)
+    PFNModel(X, Y, model=edited).posterior(x)  # builds the float64 copy
+    edited.x_encoder.weight.data.mul_(3.0)
+    fresh = PFNModel(X, Y, model=edited).posterior(x).mean
+    expected = PFNModel(X.float(), Y.float(), model=edited).posterior(x.float()).mean
+    torch.testing.assert_close(fresh.float(), expected, atol=1e-4, rtol=1e-4)

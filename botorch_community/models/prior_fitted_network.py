@@ -199,8 +199,13 @@ class PFNModel(Model):
             input_transform.eval()
             self.input_transform = input_transform
         self.cache_context = cache_context
-        if network_dtype is not None and not network_dtype.is_floating_point:
-            raise ValueError(f"network_dtype must be a floating-point dtype, got {network_dtype}.")
+        if network_dtype is not None and network_dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"network_dtype must be torch.float32 or torch.float64, got {network_dtype} "
+                "(half precision overflows in the GP head's kernel matrices and the "
+                "attention's softmin); the weights are stored in float16 but compute in "
+                "float32 or float64."
+            )
         self._network_dtype = network_dtype
         if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or (
             ensemble_size < 1
@@ -222,6 +227,7 @@ class PFNModel(Model):
         self.predictive = predictive
         self._target_map_key: Optional[tuple] = None  # what `_target_map_value` is fitted to
         self._target_map_value: Optional[TargetMap] = None
+        self._copy_verified = False  # see `_network_and_state`
         # believed targets of the last pending set (see `_believed_targets`)
         self._believed_memo: Optional[tuple] = None
         self._kv_cache: Optional[KVCache] = None
@@ -257,7 +263,9 @@ class PFNModel(Model):
         r""":meth:`_network` and the shared network's weights state (one check per
         posterior call: the state keys both the dtype copy and the held cache)."""
         state = self.pfn.weights_state()
-        return self.pfn.cast_copy(self.network_dtype, state), state
+        # a model's first use checks a shared dtype copy against the weights themselves
+        verify, self._copy_verified = not self._copy_verified, True
+        return self.pfn.cast_copy(self.network_dtype, state, verify=verify), state
 
     @property
     def borders(self) -> Tensor:
@@ -303,6 +311,11 @@ class PFNModel(Model):
                 f"train_X has {train_X.shape[0]} rows but train_Y has "
                 f"{train_Y.shape[0]}: they must have the same number of rows."
             )
+        if train_X.shape[-1] == 0:
+            raise UnsupportedError(
+                "train_X has no features (d=0): a PFN predicts from inputs; for a "
+                "constant model use train_Y's mean and standard deviation directly."
+            )
         if train_X.shape[-1] > network.num_features:
             raise UnsupportedError(
                 f"train_X has d={train_X.shape[-1]} features but the network supports at "
@@ -317,6 +330,12 @@ class PFNModel(Model):
             raise ValueError(
                 "train_Y contains NaN or inf values. Remove those rows (pending points "
                 "go in `pending_X`, not as NaN targets)."
+            )
+        if train_Y.numel() > 1 and not torch.isfinite(train_Y.std()):
+            raise ValueError(
+                f"train_Y's spread overflows {train_Y.dtype} (largest |y| "
+                f"{train_Y.abs().max().item():.3g}): divide train_Y by a constant scale "
+                "(e.g. its largest magnitude) before building the model."
             )
         if network.max_context is not None and train_X.shape[0] > network.max_context:
             warnings.warn(
@@ -576,12 +595,20 @@ class PFNModel(Model):
             )
         if X.dim() == 1:
             X = X.unsqueeze(0)
+        if not X.is_floating_point():  # e.g. integer grids: the training inputs' dtype
+            X = X.to(self.train_X)
         if not torch.isfinite(X.detach()).all():
             raise ValueError(
                 "X contains NaN or inf values; the posterior is only defined at finite "
                 "inputs."
             )
         X_t = self.transform_inputs(X)
+        if not torch.isfinite(X_t.detach()).all():
+            raise ValueError(
+                f"The input transform {type(self.input_transform).__name__} maps finite "
+                "X to NaN or inf (e.g. a log of non-positive inputs, or bounds of zero "
+                "width); check its bounds against X."
+            )
         if not hasattr(self, "input_transform"):
             self._warn_outside_cube(X_t, stacklevel=5)
         return X_t
@@ -619,6 +646,8 @@ class PFNModel(Model):
             borders in user units (the network's borders, or with ``predictive="gp"``
             those of :meth:`_gp_borders`, mapped by the context's :class:`TargetMap`).
         """
+        if not X.is_floating_point():  # e.g. integer grids: the training inputs' dtype
+            X = X.to(self.train_X)
         X_t = self._prepare_X(X)
         ctx = self._context(pending_X, negate_train_ys)
         gp_borders = self._gp_borders(ctx)
@@ -924,7 +953,12 @@ class MultivariatePFNModel(PFNModel):
         )
         if X.dim() < 2 or X.shape[-2] == 1:
             return _apply_posterior_transform(marginals, posterior_transform)
-        R = self.estimate_correlations(X, marginals, pending_X, negate_train_ys)
+        if X.shape[:-1].numel() == 0:  # no candidates: an empty joint posterior
+            R = marginals.mean.new_zeros(*X.shape[:-1], X.shape[-2])
+        else:
+            if not X.is_floating_point():
+                X = X.to(self.train_X)
+            R = self.estimate_correlations(X, marginals, pending_X, negate_train_ys)
         joint = MultivariateRiemannPosterior(
             borders=marginals.borders,
             probabilities=marginals.probabilities,

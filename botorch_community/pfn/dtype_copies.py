@@ -27,7 +27,11 @@ class DtypeCopies:
         self._copies: dict[torch.dtype, tuple[Hashable, "PFNTransformer"]] = {}
 
     def get(
-        self, source: "PFNTransformer", dtype: torch.dtype, state: Hashable
+        self,
+        source: "PFNTransformer",
+        dtype: torch.dtype,
+        state: Hashable,
+        verify: bool = False,
     ) -> "PFNTransformer":
         r"""`source` computing in `dtype`, for the source's weights state `state`.
 
@@ -35,12 +39,18 @@ class DtypeCopies:
             source: The network the copy is made from.
             dtype: A floating-point dtype other than the source's.
             state: ``source.weights_state()`` (computed once by the caller).
+            verify: Also compare a held copy with the source's current weights (one
+                pass over them) and rebuild it if they differ: catches edits that bypass
+                the version counters of ``state`` (through ``.data``). A new model does
+                this once, so it never starts from stale weights.
 
         Returns:
             An inference-only copy (no gradients w.r.t. its weights) on the source's
             device, in the source's train/eval mode.
         """
         hit = self._copies.get(dtype)
+        if hit is not None and hit[0] == state and verify and not _same_weights(source, hit[1]):
+            hit = None
         if hit is None or hit[0] != state:
             copy = type(source)(source.config, borders=source.borders.detach().clone())
             copy.load_state_dict(source.state_dict())
@@ -52,3 +62,13 @@ class DtypeCopies:
 
     def __len__(self) -> int:
         return len(self._copies)
+
+
+@torch.no_grad()
+def _same_weights(source: "PFNTransformer", copy: "PFNTransformer") -> bool:
+    r"""Whether `copy` holds `source`'s current parameters and buffers (cast)."""
+    ours = dict(source.state_dict())
+    theirs = copy.state_dict()
+    if ours.keys() != theirs.keys():
+        return False
+    return all(torch.equal(ours[k].to(theirs[k]), theirs[k]) for k in ours)

@@ -469,7 +469,9 @@ class PFNTransformer(nn.Module):
         r"""The dtype the network computes in (that of its weights)."""
         return self.x_encoder.weight.dtype
 
-    def cast_copy(self, dtype: torch.dtype, state: Optional[tuple] = None) -> "PFNTransformer":
+    def cast_copy(
+        self, dtype: torch.dtype, state: Optional[tuple] = None, verify: bool = False
+    ) -> "PFNTransformer":
         r"""This network computing in `dtype`: itself if it already does, else an
         inference-only copy (no gradients w.r.t. the weights) held by this network and
         shared by all its users (:class:`~.dtype_copies.DtypeCopies`).
@@ -478,6 +480,8 @@ class PFNTransformer(nn.Module):
             dtype: A floating-point dtype.
             state: This network's :meth:`weights_state`, if the caller has it (it is
                 computed here otherwise).
+            verify: Compare a held copy with the current weights first (see
+                :meth:`~.dtype_copies.DtypeCopies.get`).
 
         Returns:
             A :class:`PFNTransformer` with weights in `dtype` on this network's device,
@@ -487,7 +491,8 @@ class PFNTransformer(nn.Module):
             return self
         if not dtype.is_floating_point:
             raise ValueError(f"cast_copy needs a floating-point dtype, got {dtype}.")
-        return self._dtype_copies.get(self, dtype, self.weights_state() if state is None else state)
+        state = self.weights_state() if state is None else state
+        return self._dtype_copies.get(self, dtype, state, verify=verify)
 
     def __deepcopy__(self, memo: dict) -> "PFNTransformer":
         # copy the module, not the dtype copies (they are rebuilt on demand)
