@@ -176,7 +176,11 @@ def main() -> None:
     set_threads(args.threads or 1)
     use_checkout()
     warnings.filterwarnings("ignore")
-    logging.getLogger("ax").setLevel(logging.ERROR)
+    import ax  # noqa: F401 (Ax sets its loggers' levels on import: quiet them after)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("ax"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     from tqdm import tqdm
 
     seeds = 1 if args.quick else args.seeds
