@@ -13,8 +13,10 @@ registrations:
 * a ``submodel_input_constructor`` for PFN models that refuses Ax's model selection
   (several ``ModelConfig`` for one metric) with a clear message: Ax 1.3.1 selects by
   leave-one-out cross-validation that asserts a ``GPyTorchPosterior``.
-* the PFN model classes and the discretized acquisition functions in Ax's storage
-  registries, so that an experiment and generation strategy naming them round-trips
+* the PFN model classes, the discretized acquisition functions and
+  :class:`PFNAcquisition` (the default acquisition of :func:`pfn_generation_strategy`,
+  chosen from the optimization config: :mod:`botorch_community._ax_acquisition`) in Ax's
+  storage registries, so that an experiment and generation strategy naming them round-trips
   through JSON (and SQA). In a fresh process, import any ``botorch_community`` module
   (e.g. this one, or the model module) before loading.
 

@@ -622,3 +622,19 @@ def test_new_float64_model_sees_weights_edited_through_data(net):
     fresh = PFNModel(X, Y, model=edited).posterior(x).mean
     expected = PFNModel(X.float(), Y.float(), model=edited).posterior(x.float()).mean
     torch.testing.assert_close(fresh.float(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_large_candidate_batches_are_chunked_exactly_shipped(shipped, monkeypatch):
+    r"""Without gradients, `predict` runs the queries in chunks (bounded memory for any
+    number of candidates); the result is the same as in one piece."""
+    import botorch_community.pfn.transformer as T
+
+    X, Y = _data(n=25, d=3, dtype=torch.float64)
+    m = PFNModel(X, Y, model=shipped)
+    cand = torch.rand(3, 37, 3, dtype=torch.float64)
+    with torch.no_grad():
+        whole = m.posterior(cand).probabilities
+        monkeypatch.setattr(T, "PREDICT_CHUNK_QUERIES", 16)
+        m.clear_cache()
+        chunked = m.posterior(cand).probabilities
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-15)

@@ -61,6 +61,10 @@ def default_borders(num_buckets: int, bound: float = 6.0) -> Tensor:
     return torch.cat([edges[0], inner, edges[1]]).float()
 
 
+#: Queries per chunk in :meth:`PFNTransformer.predict` without gradients (memory bound).
+PREDICT_CHUNK_QUERIES = 512
+
+
 class PFNTransformer(nn.Module):
     r"""A prior-data fitted network over rows `(x, y)` with a cacheable context.
 
@@ -663,12 +667,38 @@ class PFNTransformer(nn.Module):
             cX = kv_cache.context_X.reshape(h.shape[0], *kv_cache.context_X.shape[-2:])
         elif self.metric_attention or (self.gp_head and kv_cache.num_context > 0):
             raise RuntimeError("This KVCache lacks the context inputs the network needs.")
+        M = h.shape[-2]
+        chunk = PREDICT_CHUNK_QUERIES
+        if M > chunk and not (torch.is_grad_enabled() and test_X.requires_grad):
+            # Without a graph to keep, queries are independent given the cache: bounded
+            # memory (the GP head's `particles x buckets` float64 temporaries are about
+            # 0.2 MB per query) whatever the number of candidates.
+            parts = [
+                self._predict_queries(
+                    h[:, i : i + chunk], kv_cache, None if qX is None else qX[:, i : i + chunk],
+                    cX, gp_borders,
+                )
+                for i in range(0, M, chunk)
+            ]
+            return restore(torch.cat(parts, dim=-2))
+        return restore(self._predict_queries(h, kv_cache, qX, cX, gp_borders))
+
+    def _predict_queries(
+        self,
+        h: Tensor,
+        kv_cache: KVCache,
+        qX: Optional[Tensor],
+        cX: Optional[Tensor],
+        gp_borders: Optional[Tensor],
+    ) -> Tensor:
+        r"""Logits of `Bc x M` query tokens `h` (`Bc x M x e`) against the cache (in
+        the cache layout; `qX`: `Bc x M x d`, `cX`: `Bc x n x d` or None)."""
         if gp_borders is not None and kv_cache.gp_fit is not None:
-            return restore(self.gp.mixture_log_probs(kv_cache.gp_fit, qX, gp_borders))
+            return self.gp.mixture_log_probs(kv_cache.gp_fit, qX, gp_borders)
         sqdist = self._sqdist(qX, cX) if cX is not None else None  # `Bc x M x n x d`
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             h = layer.attend(h, k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]), sqdist)
-        return restore(self._output_logits(h, kv_cache.gp_fit, qX))
+        return self._output_logits(h, kv_cache.gp_fit, qX)
 
 
 def _query_rows(sqdist: Optional[SqDist], n: int) -> Optional[SqDist]:
