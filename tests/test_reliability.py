@@ -599,7 +599,7 @@ def test_integer_test_inputs_use_the_training_dtype_shipped(shipped):
 
 def test_clear_errors_shipped(shipped):
     X, Y = _data(n=12, d=3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="network_dtype must be torch.float32 or"):
+    with pytest.raises(ValueError, match="network_dtype must be a floating-point dtype, torch.float32 or"):
         PFNModel(X.float(), Y.float(), model=shipped, network_dtype=torch.float16)
     with pytest.raises(UnsupportedError, match="no features"):
         PFNModel(X[:, :0], Y, model=shipped)
@@ -638,3 +638,32 @@ def test_large_candidate_batches_are_chunked_exactly_shipped(shipped, monkeypatc
         m.clear_cache()
         chunked = m.posterior(cand).probabilities
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-15)
+
+
+def test_pickled_models_reference_shared_networks(shipped, net):
+    r"""A model on the shipped (or a registered) network pickles the network as a
+    reference: small, and the unpickled model shares the process's network. Other
+    networks go by value, never with their float64 copy."""
+    from botorch_community.pfn.networks import register_network
+
+    X, Y = _data(n=12, d=3, dtype=torch.float64)
+    x = torch.rand(4, 3, dtype=torch.float64)
+    m = PFNModel(X, Y, model=shipped)
+    ref = m.posterior(x).mean
+    blob = pickle.dumps(m)
+    assert len(blob) < 2e6  # the network is 10 MB (float16), 40 MB as a float64 copy
+    m2 = pickle.loads(blob)
+    assert m2.pfn is shipped
+    torch.testing.assert_close(m2.posterior(x).mean, ref)
+
+    register_network("pickle-test-net", net)
+    m3 = pickle.loads(pickle.dumps(PFNModel(X, Y, model=net)))
+    assert m3.pfn is net
+
+    edited = copy.deepcopy(net)  # neither registered nor loaded: by value
+    mine = PFNModel(X, Y, model=edited)
+    mine.posterior(x)  # builds its float64 copy
+    assert len(edited._dtype_copies) == 1
+    m4 = pickle.loads(pickle.dumps(mine))
+    assert m4.pfn is not edited and len(m4.pfn._dtype_copies) == 0
+    torch.testing.assert_close(m4.posterior(x).mean, mine.posterior(x).mean)

@@ -67,6 +67,22 @@ class _SharedNetwork:
     def __deepcopy__(self, memo: dict) -> "_SharedNetwork":
         return self  # share, never copy, the (read-only) network
 
+    def __reduce__(self) -> tuple:
+        # The shipped default, a loaded checkpoint or a registered network pickles as a
+        # reference (a few bytes; unpickled models share the process's network).
+        from botorch_community.pfn.networks import network_reference
+
+        ref = network_reference(self.network)
+        if ref is not None:
+            return (_shared_from_reference, (ref,))
+        return (_SharedNetwork, (self.network,))
+
+
+def _shared_from_reference(ref: tuple) -> _SharedNetwork:
+    from botorch_community.pfn.networks import resolve_network_reference
+
+    return _SharedNetwork(resolve_network_reference(ref))
+
 
 def _as_network(
     model: Optional[torch.nn.Module],
@@ -200,11 +216,16 @@ class PFNModel(Model):
             self.input_transform = input_transform
         self.cache_context = cache_context
         if network_dtype is not None and network_dtype not in (torch.float32, torch.float64):
+            why = (
+                " (half precision overflows in the GP head's kernel matrices and the "
+                "attention's softmin; the weights are stored in float16 but compute in "
+                "float32 or float64)"
+                if network_dtype.is_floating_point
+                else ""
+            )
             raise ValueError(
-                f"network_dtype must be torch.float32 or torch.float64, got {network_dtype} "
-                "(half precision overflows in the GP head's kernel matrices and the "
-                "attention's softmin); the weights are stored in float16 but compute in "
-                "float32 or float64."
+                "network_dtype must be a floating-point dtype, torch.float32 or "
+                f"torch.float64; got {network_dtype}{why}."
             )
         self._network_dtype = network_dtype
         if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or (

@@ -36,7 +36,9 @@ __all__ = [
     "clear_network_cache",
     "default_network",
     "load_network",
+    "network_reference",
     "register_network",
+    "resolve_network_reference",
 ]
 
 #: What names a network: ``"default"`` or None, a registered name, a local checkpoint
@@ -46,6 +48,9 @@ NetworkSpec = Union[None, str, os.PathLike, PFNTransformer]
 _LOCK = threading.RLock()
 _LOADED: dict[tuple, PFNTransformer] = {}  # (weights file, mtime, size, device) -> net
 _REGISTERED: dict[str, PFNTransformer] = {}  # user-given names -> in-memory nets
+# id(net) -> (checkpoint name or path, device, weights state at load): what a loaded
+# network can be pickled as (see `network_reference`)
+_ORIGIN: dict[int, tuple] = {}
 
 
 def register_network(name: str, network: PFNTransformer) -> None:
@@ -134,7 +139,41 @@ def load_network(
             net = load_pretrained(None if is_default else stem, device=device)
             net.requires_grad_(False)
             _LOADED[key] = net
+            _ORIGIN[id(net)] = ("default" if is_default else str(w_path.resolve()),
+                                str(device), net.weights_state())  # fmt: skip
         return net
+
+
+def network_reference(network: PFNTransformer) -> Union[None, tuple]:
+    r"""How to find `network` again in another process, if it can be: ``("name",
+    name)`` for a registered network, ``("checkpoint", path_or_default, device)`` for
+    one loaded by :func:`load_network` whose weights were not changed since; else None
+    (pickle it by value)."""
+    with _LOCK:
+        for name, net in _REGISTERED.items():
+            if net is network:
+                return ("name", name)
+        origin = _ORIGIN.get(id(network))
+        if origin is not None and any(n is network for n in _LOADED.values()):
+            path, device, state = origin
+            if network.weights_state() == state:
+                return ("checkpoint", path, device)
+    return None
+
+
+def resolve_network_reference(ref: tuple) -> PFNTransformer:
+    r"""The network a :func:`network_reference` names, in this process."""
+    if ref[0] == "name":
+        with _LOCK:
+            net = _REGISTERED.get(ref[1])
+        if net is None:
+            raise FileNotFoundError(
+                f"This object was pickled with the network registered as {ref[1]!r}; "
+                f"call botorch_community.pfn.networks.register_network({ref[1]!r}, net) "
+                "in this process before unpickling it."
+            )
+        return net
+    return load_network(ref[1], ref[2])
 
 
 def default_network(device: Union[str, torch.device, None] = None) -> PFNTransformer:

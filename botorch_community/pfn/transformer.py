@@ -498,6 +498,13 @@ class PFNTransformer(nn.Module):
         state = self.weights_state() if state is None else state
         return self._dtype_copies.get(self, dtype, state, verify=verify)
 
+    def __getstate__(self) -> dict:
+        # never pickle the dtype copies (a float64 copy is twice the weights): rebuilt
+        # on demand
+        state = self.__dict__.copy()
+        state["_dtype_copies"] = DtypeCopies()
+        return state
+
     def __deepcopy__(self, memo: dict) -> "PFNTransformer":
         # copy the module, not the dtype copies (they are rebuilt on demand)
         cls = self.__class__
