@@ -226,15 +226,35 @@ DiscretizedAcquistionFunction = DiscretizedAcquisitionFunction
 
 
 class _ThresholdMixin:
-    r"""Shared handling of the incumbent ``best_f``."""
+    r"""Shared handling of the incumbent ``best_f``.
+
+    With pending points the incumbent is also raised to their best predicted value: a
+    pending point enters the model's context with its predictive mean as target
+    ("kriging believer", see ``PFNModel``), so it counts as observed at that value. A
+    candidate next to a pending point predicted to improve then no longer improves on
+    it (else EI would still be largest right beside it and batches would bunch up).
+    """
 
     best_f: Tensor
     maximize: bool
+    _pending_best: Tensor | None = None  # oriented, set by `set_X_pending`
 
     def _threshold(self, like: Tensor) -> Tensor:
         r"""``best_f`` in the oriented objective, as a scalar tensor like `like`."""
         best_f = self.best_f.to(like)
-        return best_f if self.maximize else -best_f
+        t = best_f if self.maximize else -best_f
+        if self._pending_best is not None:
+            t = torch.maximum(t, self._pending_best.to(like))
+        return t
+
+    def set_X_pending(self, X_pending: Tensor | None = None) -> None:
+        super().set_X_pending(X_pending)  # type: ignore[misc]
+        self._pending_best = None
+        if X_pending is not None and X_pending.shape[0] > 0:
+            with torch.no_grad():  # the pending points' oriented means, given the data
+                post = self.model.posterior(X_pending.detach().unsqueeze(-2))
+                mean = post.affine(self._scale, self._shift).mean  # type: ignore[attr-defined]
+            self._pending_best = mean.max().detach()
 
 
 def posterior_mean_incumbent(

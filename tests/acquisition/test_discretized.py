@@ -626,3 +626,21 @@ class TestPosteriorMeanIncumbent(BotorchTestCase):
         acqf = DiscretizedLogExpectedImprovement(PFNModel(X, Y))
         self.assertLess(acqf.best_f.item(), Y.max().item() - 0.1)
         self.assertLess(abs(acqf.best_f.item() - f.max().item()), 0.3)
+
+
+class TestPendingIncumbent(BotorchTestCase):
+    def test_incumbent_raised_to_best_pending_mean(self):
+        r"""Pending points count as observed at their predicted mean (kriging
+        believer): the incumbent is the larger of best_f and their best mean."""
+        model = SoftmaxModel()
+        P = torch.rand(3, 2, dtype=DT, generator=torch.Generator().manual_seed(2))
+        means = model.posterior(P.unsqueeze(-2)).mean.reshape(-1)
+        for maximize in (True, False):
+            low = (means.min() - 10) if maximize else (means.max() + 10)
+            acqf = DiscretizedExpectedImprovement(model, best_f=low, maximize=maximize,
+                                                  X_pending=P)
+            t = acqf._threshold(means)
+            expected = means.max() if maximize else -means.min()
+            self.assertAllClose(t, expected)
+            acqf.set_X_pending(None)  # back to best_f alone
+            self.assertAllClose(acqf._threshold(means), low if maximize else -low)
