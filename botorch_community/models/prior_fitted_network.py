@@ -359,10 +359,16 @@ class PFNModel(Model):
                 "(e.g. its largest magnitude) before building the model."
             )
         if network.max_context is not None and train_X.shape[0] > network.max_context:
+            n = train_X.shape[0]
             warnings.warn(
-                f"{train_X.shape[0]} training rows exceed the {network.max_context} rows "
-                "this network was trained on; predictions may degrade. Consider keeping "
-                "the best and most recent rows.",
+                f"{n} training rows exceed the {network.max_context} rows this network "
+                "was trained on: its predictions there are unmeasured, and encoding "
+                "them takes seconds (one CPU thread: about 2 s at n = 1000, growing "
+                "about cubically). To stay within what it was trained on, keep a "
+                "selection: `idx = select_context_rows(train_X, train_Y, "
+                f"{network.max_context})` (botorch_community.models.context_selection: "
+                "the best, the most recent and a space-filling spread of the rest), "
+                "then `PFNModel(train_X[idx], train_Y[idx])`.",
                 RuntimeWarning,
                 stacklevel=3,
             )
