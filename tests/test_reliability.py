@@ -103,7 +103,7 @@ def test_bad_test_inputs_are_clear_errors(net):
 def test_more_rows_than_max_context_warns_clearly():
     net = random_pfn(**TINY, max_context=6)
     X, Y = _data(n=8)
-.*the best, the most recent") as rec:
+    with pytest.warns(RuntimeWarning, match=r"8 training rows exceed the 6 rows.*the best, the most recent") as rec:
         m = PFNModel(X, Y, model=net)
     assert rec[0].filename == __file__  # points at the caller's line
     assert torch.isfinite(m.posterior(torch.rand(2, 3)).mean).all()  # still usable
