@@ -541,3 +541,35 @@ def test_batch_of_four_is_spread_shipped_network(no_gp_fit):
     X = X / torch.tensor([15.0, 15.0], dtype=torch.float64)  # the unit cube's scale
     dist = torch.cdist(X, X) + 10 * torch.eye(len(X), dtype=torch.float64)
     assert len(batch) == 4 and dist.min() > 0.02
+
+
+@pytest.mark.skipif(not _has_default_weights(), reason="default weights not shipped")
+def test_mixed_parameters_and_noisy_observations_with_sems(no_gp_fit):
+    r"""Integer and unordered choice parameters (Ax relaxes and one-hot encodes them)
+    and observations reported with a standard error: PFN trials are valid points."""
+    from ax import ChoiceParameterConfig
+
+    client = Client(random_seed=0)
+    client.configure_experiment(parameters=[
+        RangeParameterConfig(name="x1", parameter_type="float", bounds=(-5.0, 10.0)),
+        RangeParameterConfig(name="k", parameter_type="int", bounds=(0, 10)),
+        ChoiceParameterConfig(name="c", parameter_type="str", values=["a", "b", "c"],
+                              is_ordered=False),
+    ])  # fmt: skip
+    client.configure_optimization(objective="-f")
+    client.set_generation_strategy(_default_gs(network="default", num_sobol=5))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        for idx, p in client.get_next_trials(max_trials=1).items():
+            f = (p["x1"] - 1) ** 2 / 10 + (p["k"] - 3) ** 2 / 5 + "abc".index(p["c"])
+            noise = 0.1 * torch.randn((), generator=gen).item()
+            client.complete_trial(idx, raw_data={"f": (f + noise, 0.1)})  # (mean, SEM)
+    trials = trials_of(client)
+    assert len(trials) == 8
+    assert [t.generator_runs[0]._generation_node_name for t in trials][-1].endswith("BoTorch")
+    for t in trials:
+        p = t.arm.parameters
+        assert isinstance(p["k"], int) and 0 <= p["k"] <= 10 and p["c"] in ("a", "b", "c")
+    model = pfn_models(client)[0]
+    assert model.train_Yvar is not None  # the SEMs reach the PFN as known noise
+    assert isinstance(_acqf(client), DiscretizedLogExpectedImprovement)
