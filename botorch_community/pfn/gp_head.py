@@ -126,12 +126,29 @@ def _floored_log(q: Tensor) -> Tensor:
     return q.clamp_min(1e-30).log()
 
 
+def _matern52(r2: Tensor) -> Tensor:
+    r = r2.clamp_min(1e-30).sqrt() * math.sqrt(5.0)  # finite gradients at r2 = 0
+    return (1.0 + r + r.square() / 3.0) * torch.exp(-r)
+
+
 def unit_kernel(r2: Tensor, matern: Tensor) -> Tensor:
     r"""Unit-variance Matérn-5/2 (where `matern`) or RBF kernel of scaled squared
-    distances `r2`, with finite gradients at `r2 = 0`."""
-    r = r2.clamp_min(1e-30).sqrt() * math.sqrt(5.0)
-    mat = (1.0 + r + r.square() / 3.0) * torch.exp(-r)
-    return torch.where(matern, mat, torch.exp(-0.5 * r2))
+    distances `r2` (`... x J x p x q`), with finite gradients at `r2 = 0`.
+
+    `matern` is `1 x J x 1 x 1` (one kernel per particle): each particle's kernel is
+    computed only for its own particles (half the work of computing both and selecting).
+    """
+    is_m = matern.reshape(-1)
+    if is_m.numel() != r2.shape[-3] or r2.dim() < 3:
+        return torch.where(matern, _matern52(r2), torch.exp(-0.5 * r2))
+    if bool(is_m.all()):
+        return _matern52(r2)
+    if not bool(is_m.any()):
+        return torch.exp(-0.5 * r2)
+    im, ir = is_m.nonzero().squeeze(-1), (~is_m).nonzero().squeeze(-1)
+    parts = torch.cat([_matern52(r2.index_select(-3, im)), torch.exp(-0.5 * r2.index_select(-3, ir))], dim=-3)
+    order = torch.cat([im, ir]).argsort()  # back to the particles' order
+    return parts.index_select(-3, order)
 
 
 def _sqdist(A: Tensor, B: Tensor) -> Tensor:
