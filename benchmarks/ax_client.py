@@ -4,9 +4,12 @@ r"""The PFN in Ax as a new user runs it, against Ax's own default, on the same s
 Ax 1.3 ``Client`` API, one CPU thread. For each scenario and seed, two strategies start
 from the same Sobol points (the same ``Client(random_seed=...)``):
 
-* ``pfn``: ``pfn_generation_strategy(num_sobol=N)`` (shipped network, default acquisition);
-* ``ax``: Ax's default strategy (``Client`` without ``set_generation_strategy``: Sobol
-  then a fitted GP with Ax's acquisition choice).
+* ``pfn``: ``pfn_generation_strategy(num_sobol=N, seed=seed)`` (shipped network, default
+  acquisition; Ax's dispatch: centre point, Sobol, then the PFN);
+* ``ax``: Ax's default strategy with the same initialization
+  (``configure_generation_strategy(initialization_budget=N,
+  initialization_random_seed=seed)``: centre point, Sobol, then a fitted GP with Ax's
+  acquisition choice).
 
 Scenarios:
 
@@ -129,11 +132,10 @@ def run_one(scenario: str, strategy: str, seed: int, quick: bool) -> dict:
         )
     else:
         client.configure_generation_strategy(
-            initialization_budget=n_sobol, initialization_random_seed=seed,
-            initialize_with_center=False,
-        )  # fmt: skip
+            initialization_budget=n_sobol, initialization_random_seed=seed
+        )
     records, gen_times, spreads, n_trials = [], [], [], 0
-    for _ in range(n_sobol):  # Sobol, one at a time
+    for _ in range(n_sobol):  # the centre and Sobol points, one at a time
         for idx, p in client.get_next_trials(max_trials=1).items():
             client.complete_trial(idx, raw_data=observe(scenario, p))
             records.append((p, observe(scenario, p)))

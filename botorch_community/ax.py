@@ -234,44 +234,50 @@ def pfn_generation_strategy(
     acquisition_options: Optional[dict[str, Any]] = None,
     optimizer_options: Optional[dict[str, Any]] = None,
     min_trials_observed: Optional[int] = None,
-    max_parallelism: Optional[int] = None,
     seed: Optional[int] = None,
     name: Optional[str] = None,
+    initialize_with_center: bool = True,
 ) -> Any:
-    r"""A ``GenerationStrategy``: Sobol trials, then Ax's modular BoTorch generator
-    with a PFN surrogate (no GP fitting).
+    r"""Ax's own generation strategy with a PFN surrogate (no GP fitting).
+
+    Built by Ax's dispatch (``choose_generation_strategy`` with
+    ``GenerationStrategyDispatchStruct(method="custom")`` and a PFN ``ModelConfig``), so
+    it keeps Ax's defaults: a centre point, then Sobol trials, then the modular BoTorch
+    generator ("MBM") with Ax's transforms and transition rules. Only the surrogate
+    (:func:`pfn_model_config`) and, by default, the acquisition (:class:`PFNAcquisition`)
+    are the PFN's.
 
     Args:
-        num_sobol: Number of quasi-random initial trials (0: start with the PFN).
-        acquisition: A BoTorch acquisition class. Default: chosen by Ax from the
-            optimization config at each generation call (``PFNAcquisition``):
-            ``DiscretizedLogExpectedImprovement`` (exact under the PFN's bar
-            distribution) for one objective without outcome constraints (tracked
-            metrics allowed), Ax's choice otherwise (``qLogNoisyExpectedImprovement``
-            with constraints, ``qLogNoisyExpectedHypervolumeImprovement`` for several
-            objectives, ``qLogProbabilityOfFeasibility`` while nothing observed is
-            feasible). None: always Ax's choice.
+        num_sobol: Initialization budget: quasi-random trials, the centre point included
+            (0: start with the PFN).
+        acquisition: A BoTorch acquisition class. Default: :class:`PFNAcquisition`,
+            chosen from the optimization config at each generation call: the exact
+            ``DiscretizedLogExpectedImprovement`` for one objective without outcome
+            constraints (tracked metrics allowed); ``qLogExpectedImprovement`` with the
+            constraints; ``qLogExpectedHypervolumeImprovement`` for several objectives;
+            ``qLogProbabilityOfFeasibility`` while nothing observed is feasible. None:
+            Ax's choice as is (qLogNEI / qLogNEHVI).
         model_class: ``PFNModel`` (default) or ``MultivariatePFNModel`` (joint
             posterior over a batch, for MC acquisitions with ``q > 1``).
         network: ``"default"`` (shipped weights), a local checkpoint path, or a name
-            given to :func:`register_network`.
+            given to :func:`register_network`. Checked now.
         cache_context: Keep each model's encoded context between posterior calls.
         acquisition_options: Keyword arguments for the acquisition's input
             constructor (``botorch_acqf_options``), e.g. ``{"beta": 1.0}``.
         optimizer_options: Options for ``optimize_acqf``, e.g.
             ``{"num_restarts": 8, "raw_samples": 256}`` (Ax's defaults: 20, 1024).
-        min_trials_observed: Completed Sobol trials needed before the PFN step
-            (default ``ceil(num_sobol / 2)``).
-        max_parallelism: Limit on running trials in each step.
+        min_trials_observed: Completed initialization trials needed before the PFN
+            step (Ax's default: half the budget).
         seed: Seed of the Sobol sequence.
         name: Name of the strategy.
+        initialize_with_center: Start with the centre of the search space (Ax's
+            default).
     """
     if not AX_AVAILABLE:  # pragma: no cover
         raise ImportError("pfn_generation_strategy needs ax-platform>=1.3.1,<1.4.")
     from ax.adapter.registry import Generators
-    from ax.generation_strategy.generation_node import GenerationStep
-    from ax.generation_strategy.generation_strategy import GenerationStrategy
-    from ax.generators.torch.botorch_modular.surrogate import SurrogateSpec
+    from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
+    from ax.api.utils.structs import GenerationStrategyDispatchStruct
     from ax.utils.common.constants import Keys
 
     register_with_ax()
@@ -284,53 +290,38 @@ def pfn_generation_strategy(
                 "DiscretizedLogExpectedImprovement or qLogNoisyExpectedImprovement), "
                 f"None, or left out; got {acquisition!r}."
             )
+    if not isinstance(num_sobol, int) or num_sobol < 0:
+        raise ValueError(f"num_sobol must be a non-negative integer, got {num_sobol!r}.")
     config = pfn_model_config(model_class, network, cache_context)
-    generator_kwargs: dict[str, Any] = {
-        "surrogate_spec": SurrogateSpec(model_configs=[config]),
-    }
-    if acquisition is _DEFAULT:
-        from botorch_community._ax_acquisition import PFNAcquisition
-
-        generator_kwargs["acquisition_class"] = PFNAcquisition
-    elif acquisition is not None:
-        generator_kwargs["botorch_acqf_class"] = acquisition
-    if acquisition_options:
-        generator_kwargs["botorch_acqf_options"] = dict(acquisition_options)
-    gen_kwargs = {}
-    if optimizer_options:
-        gen_kwargs["model_gen_options"] = {
-            Keys.OPTIMIZER_KWARGS.value: dict(optimizer_options)
-        }
-    steps = []
-    if num_sobol > 0:
-        steps.append(
-            GenerationStep(
-                generator=Generators.SOBOL,
-                num_trials=num_sobol,
-                min_trials_observed=(
-                    (num_sobol + 1) // 2
-                    if min_trials_observed is None
-                    else min_trials_observed
-                ),
-                max_parallelism=max_parallelism,
-                generator_kwargs={"seed": seed},
-                should_deduplicate=True,
-            )
-        )
-    steps.append(
-        GenerationStep(
-            generator=Generators.BOTORCH_MODULAR,
-            num_trials=-1,
-            max_parallelism=max_parallelism,
-            generator_kwargs=generator_kwargs,
-            generator_gen_kwargs=gen_kwargs,
-            should_deduplicate=True,
-        )
+    struct = GenerationStrategyDispatchStruct(
+        method="custom",
+        initialization_budget=num_sobol,
+        initialization_random_seed=seed,
+        initialize_with_center=initialize_with_center and num_sobol > 0,
+        min_observed_initialization_trials=min_trials_observed,
     )
-    acq_name = {None: "auto", _DEFAULT: "PFNAcquisition"}.get(acquisition) or acquisition.__name__
-    default_name = f"Sobol+{config.botorch_model_class.__name__}+{acq_name}"
-    return GenerationStrategy(nodes=steps, name=name or default_name)
+    explicit = None if acquisition in (None, _DEFAULT) else acquisition
+    gs = choose_generation_strategy(struct, model_config=config, botorch_acqf_class=explicit)
+    for node in gs._nodes:
+        for spec in node.generator_specs:
+            if spec.generator_enum != Generators.BOTORCH_MODULAR:
+                continue
+            if acquisition is _DEFAULT:
+                from botorch_community._ax_acquisition import PFNAcquisition
 
+                spec.generator_kwargs["acquisition_class"] = PFNAcquisition
+            if acquisition_options:
+                spec.generator_kwargs["botorch_acqf_options"] = dict(acquisition_options)
+            if optimizer_options:
+                spec.generator_gen_kwargs = {
+                    **(spec.generator_gen_kwargs or {}),
+                    "model_gen_options": {
+                        Keys.OPTIMIZER_KWARGS.value: dict(optimizer_options)
+                    },
+                }
+    acq_name = {None: "auto", _DEFAULT: "PFNAcquisition"}.get(acquisition) or acquisition.__name__
+    gs._name = name or f"{gs.name}+{config.botorch_model_class.__name__}+{acq_name}"
+    return gs
 
 def __getattr__(name: str) -> Any:
     # `PFNAcquisition` subclasses Ax's Acquisition: imported on first use (needs Ax).

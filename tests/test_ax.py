@@ -158,7 +158,8 @@ def client(net, no_gp_fit):
 
 def test_client_recipe(client, net):
     nodes = [t.generator_runs[0]._generation_node_name for t in trials_of(client)]
-    assert nodes == ["GenerationStep_0_Sobol"] * 4 + ["GenerationStep_1_BoTorch"]
+    # Ax's own dispatch: the centre point and Sobol trials (budget 4), then the PFN
+    assert nodes == ["CenterOfSearchSpace"] + ["Sobol"] * 3 + ["MBM"]
     (model,) = pfn_models(client)
     assert type(model) is PFNModel and model.pfn is net
     acqf = client._generation_strategy.adapter.generator._acquisition.acqf
@@ -239,7 +240,7 @@ def test_json_round_trip(client, net, tmp_path):
 
     loaded = Client.load_from_json_file(str(path))
     assert len(loaded._experiment.trials) == len(client._experiment.trials)
-    node = loaded._generation_strategy.nodes_by_name["GenerationStep_1_BoTorch"]
+    node = loaded._generation_strategy.nodes_by_name["MBM"]
     kwargs = node.generator_specs[0].generator_kwargs
     (config,) = kwargs["surrogate_spec"].model_configs
     assert config.botorch_model_class is PFNModel
@@ -566,7 +567,7 @@ def test_mixed_parameters_and_noisy_observations_with_sems(no_gp_fit):
             client.complete_trial(idx, raw_data={"f": (f + noise, 0.1)})  # (mean, SEM)
     trials = trials_of(client)
     assert len(trials) == 8
-    assert [t.generator_runs[0]._generation_node_name for t in trials][-1].endswith("BoTorch")
+    assert [t.generator_runs[0]._generation_node_name for t in trials][-1]== "MBM"
     for t in trials:
         p = t.arm.parameters
         assert isinstance(p["k"], int) and 0 <= p["k"] <= 10 and p["c"] in ("a", "b", "c")
