@@ -200,6 +200,20 @@ def _read_safetensors(w_path: Path) -> dict[str, Tensor]:
         ) from None
 
 
+def _safetensors_shapes(w_path: Path) -> dict[str, tuple[int, ...]]:
+    r"""Tensor shapes from a safetensors header (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(w_path), framework="pt", device="cpu") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(
+            f"{w_path} could not be read as safetensors (truncated or corrupted?): "
+            f"{type(e).__name__}: {e}"
+        ) from None
+
+
 def _describe_mismatch(
     expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
 ) -> list[str]:
@@ -275,13 +289,14 @@ def load_pretrained(
                 "this check if you replaced it deliberately."
             )
     borders = torch.tensor(cfg["borders"], dtype=torch.float32)
-    try:
-        net = PFNTransformer(model_cfg, borders=borders)
+    try:  # the architecture's shapes without allocating it (meta device)
+        with torch.device("meta"):
+            meta_borders = torch.empty(model_cfg.num_buckets + 1)  # checked below
+            shapes = PFNTransformer(model_cfg, borders=meta_borders).state_dict()
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{c_path}: invalid architecture config: {e}") from None
-    tensors = _read_safetensors(w_path)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    expected = {k: tuple(v.shape) for k, v in shapes.items()}
+    found = _safetensors_shapes(w_path)  # from the header: nothing loaded yet
     problems = _describe_mismatch(expected, found)
     if problems:
         arch = ", ".join(f"{k}={v}" for k, v in model_cfg.to_dict().items())
@@ -289,6 +304,8 @@ def load_pretrained(
             f"The weights {w_path} do not match the architecture in {c_path} ({arch}):\n  - "
             + "\n  - ".join(problems)
         )
+    net = PFNTransformer(model_cfg, borders=borders)
+    tensors = _read_safetensors(w_path)
     for k, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{w_path}: tensor {k} holds non-finite values.")

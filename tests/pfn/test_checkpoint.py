@@ -99,6 +99,22 @@ def test_wrong_architecture_says_what_differs(tmp_path):
     assert "do not match the architecture" in msg and "emsize=16" in msg
     assert "x_encoder.weight: config expects shape (16, 3), weights have (32, 3)" in msg
     assert "layers.2" in msg  # an extra layer in the weights
+    # the mismatch is found from the safetensors header before anything real is built
+    import botorch_community.pfn.checkpoint as ck
+
+    built = []
+    real = ck.PFNTransformer
+
+    def spy(*args, **kwargs):
+        net = real(*args, **kwargs)
+        built.append(net.x_encoder.weight.device.type)
+        return net
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ck, "PFNTransformer", spy)
+        with pytest.raises(CheckpointError, match="do not match the architecture"):
+            load_pretrained(tmp_path / "a", verify_hash=False)
+    assert built == ["meta"]
     # an unknown architecture key in the config
     cfg = json.loads((tmp_path / "b.json").read_text())
     cfg["config"]["n_experts"] = 4
