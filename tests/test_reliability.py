@@ -667,3 +667,15 @@ def test_pickled_models_reference_shared_networks(shipped, net):
     m4 = pickle.loads(pickle.dumps(mine))
     assert m4.pfn is not edited and len(m4.pfn._dtype_copies) == 0
     torch.testing.assert_close(m4.posterior(x).mean, mine.posterior(x).mean)
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-12, 1e6])
+def test_target_scale_equivariance_shipped(shipped, scale):
+    r"""Scaling the targets scales the predictive (no silent "constant" at small
+    spreads: the constant test is relative to the data's magnitude and dtype)."""
+    X, Y = _data(n=15, d=3, dtype=torch.float64)
+    x = torch.rand(4, 3, dtype=torch.float64)
+    ref = PFNModel(X, Y, model=shipped).posterior(x)
+    scaled = PFNModel(X, Y * scale, model=shipped).posterior(x)
+    torch.testing.assert_close(scaled.mean / scale, ref.mean, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(scaled.variance / scale**2, ref.variance, rtol=1e-5, atol=1e-9)
