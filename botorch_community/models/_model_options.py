@@ -33,8 +33,8 @@ PFN_MODEL_OPTIONS = {
     "ensemble_size": "average the predictive over this many input symmetries of the prior "
     "(default 1; each member costs one more network pass)",
     "warp_targets": "fit a monotone warp of the targets before the network (default True)",
-    "predictive": "'mixture' (the network's output, default) or 'gp' (the GP head's mixture "
-    "alone)",
+    "predictive": "'gp' (the GP head's mixture alone; the default for networks with a GP "
+    "head) or 'mixture' (the network's output)",
 }
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # What Ax derives from the search space and passes when it applies.

@@ -135,7 +135,7 @@ class PFNModel(Model):
         network_dtype: Optional[torch.dtype] = None,
         ensemble_size: int = 1,
         warp_targets: bool = True,
-        predictive: str = "mixture",
+        predictive: Optional[str] = None,
     ) -> None:
         r"""
         Args:
@@ -182,12 +182,16 @@ class PFNModel(Model):
                 the dense part of the network's buckets. The predictive is mapped back
                 exactly (still a bar distribution in user units). False: standardise
                 only.
-            predictive: ``"mixture"``: the network's output (its bar distribution with
-                the GP head's mixture mixed in). ``"gp"``: the GP head's mixture alone
-                (the network proposes and weights the GP hyperparameter particles from
-                the context; the test points skip the transformer layers, so a call
-                costs about a GP posterior). Needs a network with a GP head; an empty
-                context falls back to the network's output.
+            predictive: ``"gp"``: the GP head's mixture alone (the network proposes
+                and weights GP hyperparameter particles from the context, refined on
+                the data; test points skip the transformer layers, so a call costs
+                about a GP posterior). ``"mixture"``: the network's output (its bar
+                distribution with the GP head's mixture mixed in). None (default):
+                ``"gp"`` for a network with a GP head (the shipped one), else
+                ``"mixture"``. In the BO suite (15 problems, 6 seeds) both won 46 of 90
+                paired seeds against ``SingleTaskGP`` + qLogNEI, ``"gp"`` at 2.3-4.9x
+                less time per iteration; ``"mixture"`` is 0.2 nats better on prior
+                data. An empty context always uses the network's output.
         """
         super().__init__()
         network = _as_network(model, checkpoint_url)
@@ -238,8 +242,12 @@ class PFNModel(Model):
         # `E x d` maps of the members (member 0: the identity)
         self._symmetries = input_symmetries(d, self.ensemble_size)
         self.warp_targets = bool(warp_targets)
+        if predictive is None:
+            predictive = "gp" if network.gp_head else "mixture"
         if predictive not in ("mixture", "gp"):
-            raise ValueError(f"predictive must be 'mixture' or 'gp', got {predictive!r}.")
+            raise ValueError(
+                f"predictive must be 'mixture', 'gp' or None, got {predictive!r}."
+            )
         if predictive == "gp" and not network.gp_head:
             raise UnsupportedError(
                 "predictive='gp' needs a network with a GP head (gp_head=True); this "

@@ -48,7 +48,7 @@ def _data(n=12, d=3, dtype=torch.float32, scale=1.0, seed=0):
 def _models(net, dtype, normalize, cls=PFNModel):
     scale = 5.0 if normalize else 1.0
     X, Y = _data(dtype=dtype, scale=scale)
-    kw = {}
+    kw = {"predictive": "mixture"}  # the network's own output (the GP path: below)
     models = []
     for cache_context in (True, False):
         if normalize:
@@ -418,8 +418,14 @@ def test_gp_predictive_cached_equals_reference_and_is_the_gp_heads_mixture(shape
         torch.testing.assert_close(a, b, atol=ATOL * a.abs().max().clamp_min(1), rtol=0)
     assert outs[0][2].abs().max() > 0
     # it is the GP head's part of the full output: the full output mixes it in
-    full = PFNModel(X, Y, model=net).posterior(Xq.detach(), pending_X=pending_X)
+    full = PFNModel(X, Y, model=net, predictive="mixture").posterior(
+        Xq.detach(), pending_X=pending_X
+    )
     assert (full.mean - outs[0][1]).abs().max() > 1e-4
+    # the default: the GP head's mixture for networks with a GP head, else the output
+    assert PFNModel(X, Y, model=net).predictive == "gp"
+    assert PFNModel(X, Y, model=random_pfn(num_features=4, emsize=16, nlayers=1,
+                                           nhead=2)).predictive == "mixture"  # fmt: skip
     with pytest.raises(ValueError, match="predictive"):
         PFNModel(X, Y, model=net, predictive="bar")
     with pytest.raises(UnsupportedError, match="GP head"):
