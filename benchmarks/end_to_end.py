@@ -41,12 +41,13 @@ average 3-4, i.e. about half a core to a core for this process; per cell a full 
 Each BO iteration is timed in parts, with the same data and the same torch seed for every
 method and repeat (so the raw samples are the same):
 
-* **PFN** (``--variants``): ``default``: ``PFNModel(X, Y)`` on the shared default network
+* **PFN** (``--variants``): ``default``: ``PFNModel(X, Y, predictive="mixture")`` (the
+  network's full output; the default before ``"gp"`` became it) on the shared default network
   (``botorch_community.pfn.default_network(device)``, loaded once per process before any
   timing; passed as ``model=`` so that it also lives on CUDA) with the inputs in the unit
   cube, ``DiscretizedLogExpectedImprovement(model, best_f=Y.max())``, and ``optimize_acqf``
   inside ``model.cache_training_context()``; ``gp``: the same with
-  ``PFNModel(X, Y, predictive="gp")`` (the GP head's mixture alone: test points skip the
+  ``PFNModel(X, Y, predictive="gp")`` (the default now: the GP head's mixture alone; test points skip the
   transformer layers). Parts: *build* (model + acquisition function), *encode* (the first
   posterior call inside ``cache_training_context()``, under ``no_grad`` as the raw-sample
   evaluation that would otherwise trigger it; it encodes the context, GP head fit
@@ -114,7 +115,7 @@ QUICK = dict(ns=[20, 50], ds=[6, 12], settings=["4x64"], variants=["default", "g
              repeats=1, warmup=1)
 RETRY_MSG = "Trying again with a new set of initial conditions"
 SECOND_FAIL_MSG = "failed on the second try"
-METHOD_LABELS = {"gp": "SingleTaskGP + LogEI", "pfn_default": "PFN (default)",
+METHOD_LABELS = {"gp": "SingleTaskGP + LogEI", "pfn_default": 'PFN (predictive="mixture")',
                  "pfn_gp": 'PFN (predictive="gp")'}
 
 
