@@ -385,6 +385,10 @@ def test_model_selection_gives_clear_error(net):
 
 
 # ------------------------------------------- import behaviour (fresh interpreters)
+def _has_default_weights_early():
+    return DEFAULT_WEIGHTS.with_name("default.safetensors").exists()
+
+
 LAZY = """
 import sys
 import botorch_community.models.prior_fitted_network as m
@@ -411,6 +415,37 @@ X = torch.rand(4, 2)
 ds = SupervisedDataset(X, X[:, :1], feature_names=["a", "b"], outcome_names=["y"])
 PFNModel(**PFNModel.construct_inputs(ds, model=random_pfn(num_features=2)))
 """
+
+
+LOAD_FRESH = """
+import sys, logging
+import botorch_community  # the only import a user adds to load a PFN experiment
+from ax import Client
+client = Client.load_from_json_file(sys.argv[1])
+for idx, p in client.get_next_trials(max_trials=1).items():
+    client.complete_trial(idx, raw_data={"f": (p["x1"] - 1.0) ** 2 / 10 + (p["x2"] - 4.0) ** 2 / 10 + 3.0})
+node = client._generation_strategy._curr.name
+acqf = client._generation_strategy.adapter.generator._acquisition.acqf
+assert node == "MBM", node
+assert type(acqf).__name__ == "DiscretizedLogExpectedImprovement", type(acqf)
+"""
+
+
+@pytest.mark.skipif(not _has_default_weights_early(), reason="default weights not shipped")
+def test_save_in_one_process_load_and_continue_in_another(tmp_path, no_gp_fit):
+    import os
+    import subprocess
+    import sys
+
+    client = make_client(bax.pfn_generation_strategy(num_sobol=4, optimizer_options=SMALL_OPT))
+    run(client, 5, {"f": bowl})  # through the first PFN trial
+    path = tmp_path / "experiment.json"
+    client.save_to_json_file(str(path))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", LOAD_FRESH, str(path)], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 @pytest.mark.parametrize("script", [LAZY, WITHOUT_AX], ids=["lazy", "without_ax"])
