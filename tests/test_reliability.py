@@ -635,9 +635,18 @@ def test_large_candidate_batches_are_chunked_exactly_shipped(shipped, monkeypatc
     with torch.no_grad():
         whole = m.posterior(cand).probabilities
         monkeypatch.setattr(T, "PREDICT_CHUNK_QUERIES", 16)
+        sizes = []
+        real = T.PFNTransformer._predict_queries
+
+        def spy(self, h, *args, **kwargs):
+            sizes.append(h.shape[-2])  # queries whose temporaries are alive at once
+            return real(self, h, *args, **kwargs)
+
+        monkeypatch.setattr(T.PFNTransformer, "_predict_queries", spy)
         m.clear_cache()
         chunked = m.posterior(cand).probabilities
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-15)
+    assert max(sizes) <= 16 and sum(sizes) == 3 * 37  # bounded working set, all queries
 
 
 def test_pickled_models_reference_shared_networks(shipped, net):
