@@ -413,6 +413,41 @@ class GPHead(nn.Module):
             var = var + fit.noise.unsqueeze(-1)
         return mu, var
 
+    def mixture_correlation(self, fit: GPFit, query_X: Tensor) -> Tensor:
+        r"""Correlation matrix of the particles' mixture at `q` joint points.
+
+        Each particle's joint predictive of noisy targets at the `q` points is Gaussian
+        (mean :math:`\mu_j`, covariance :math:`\Sigma_j`); the mixture with weights
+        :math:`w_j` has covariance
+        :math:`\sum_j w_j (\Sigma_j + \mu_j \mu_j^T) - m m^T`, :math:`m = \sum_j w_j \mu_j`.
+
+        Args:
+            fit: From :meth:`fit`, batch `b`.
+            query_X: `b x q x d` (`b` broadcastable with the fit's batch).
+
+        Returns:
+            `b x q x q` correlation matrices (float64).
+        """
+        with torch.autocast(query_X.device.type, enabled=False):
+            X = query_X.to(torch.float64)
+            Zq = X.unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)  # `b x J x q x d`
+            os = fit.outputscale[..., None, None]
+            matern = self._is_matern(X.device)
+            ks = unit_kernel(_sqdist(Zq, fit.Z), matern) * os
+            ks = ks * fit.observed[:, None, None, :]  # `b x J x q x n`
+            mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1)  # `b x J x q`
+            v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
+            kqq = unit_kernel(_sqdist(Zq, Zq), matern) * os  # `b x J x q x q`
+            q = X.shape[-2]
+            eye = torch.eye(q, dtype=X.dtype, device=X.device)
+            cov = kqq - v.transpose(-1, -2) @ v + fit.noise[..., None, None] * eye
+            w = fit.log_weights.exp()  # `b x J`
+            m = (w.unsqueeze(-1) * mu).sum(1)  # `b x q`
+            second = (w[..., None, None] * (cov + mu.unsqueeze(-1) * mu.unsqueeze(-2))).sum(1)
+            C = second - m.unsqueeze(-1) * m.unsqueeze(-2)
+            sd = C.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
+            return C / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
+
     def log_probs(
         self, h: Tensor, fit: GPFit, query_X: Tensor, borders: Tensor
     ) -> tuple[Tensor, Tensor]:

@@ -301,3 +301,36 @@ def test_known_noise_replaces_the_particles_noise():
     fit = head.fit(token, X, Y, known_noise=torch.full_like(Y, 0.02))
     torch.testing.assert_close(fit.noise, torch.full_like(fit.noise, 0.02))
 
+
+
+def test_mixture_correlation_is_the_particle_mixtures_joint_covariance():
+    r"""Against gpytorch's kernels: each particle's joint predictive covariance of noisy
+    targets at q points, mixed with the particles' weights (law of total covariance)."""
+    d = 3
+    ls = [[0.3, 0.5, 0.8], [0.4, 0.2, 1.0]]
+    os, noise = [1.3, 0.7], [1e-3, 0.05]
+    head = _head_with(ls, os, noise, d)
+    X, Y, Xq = _data(d=d)
+    fit = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y)
+    R = head.mixture_correlation(fit, Xq)  # `b x q x q`
+    w = fit.log_weights.exp()  # `b x J`
+    mus, covs = [], []
+    for j, kern in enumerate([MaternKernel(nu=2.5, ard_num_dims=d), RBFKernel(ard_num_dims=d)]):
+        kern = kern.double()
+        kern.lengthscale = torch.tensor(ls[j], dtype=torch.float64)
+        with torch.no_grad():
+            K = kern(X).to_dense() * os[j] + (noise[j] + GP_JITTER * os[j]) * torch.eye(7)
+            ks = kern(Xq, X).to_dense() * os[j]
+            kqq = kern(Xq).to_dense() * os[j]
+            mus.append((ks @ torch.linalg.solve(K, Y)).squeeze(-1))  # `b x q`
+            covs.append(kqq - ks @ torch.linalg.solve(K, ks.transpose(-1, -2))
+                        + noise[j] * torch.eye(5, dtype=torch.float64))  # fmt: skip
+    m = sum(w[:, j, None] * mus[j] for j in range(2))
+    C = sum(w[:, j, None, None] * (covs[j] + mus[j][..., None] * mus[j][..., None, :])
+            for j in range(2)) - m[..., None] * m[..., None, :]  # fmt: skip
+    sd = C.diagonal(dim1=-2, dim2=-1).sqrt()
+    torch.testing.assert_close(R, C / (sd[..., None] * sd[..., None, :]), atol=1e-7, rtol=1e-6)
+    # its diagonal is the variance of the marginal mixture that `predict` gives
+    mu, var = head.predict(fit, Xq)
+    var_mix = (w[..., None] * (var + mu.square())).sum(1) - (w[..., None] * mu).sum(1).square()
+    torch.testing.assert_close(C.diagonal(dim1=-2, dim2=-1), var_mix, atol=1e-7, rtol=1e-6)
