@@ -510,18 +510,15 @@ class PFNModel(Model):
         if pending_X.shape[-2] == 0:
             return ctx_Y.new_zeros(0, 1)
         net, state = self._network_and_state()
-        key = (net.training, state, negate_train_ys)
-        memo = self._believed_memo
+        memo = self._believed_memo  # (context key, negate_train_ys, pending_X, believed)
         if (
             memo is not None
-            and memo[0] == key
-            and memo[1].shape == pending_X.shape
-            and torch.equal(memo[1], pending_X)
-            and memo[2].shape == ctx_X.shape
-            and torch.equal(memo[2], ctx_X)
-            and _equal_with_nan(memo[3], ctx_Y)
+            and memo[1] == negate_train_ys
+            and memo[2].shape == pending_X.shape
+            and torch.equal(memo[2], pending_X)
+            and memo[0].matches(net, state, ctx_X, ctx_Y, ctx_Yvar)
         ):
-            return memo[4]
+            return memo[3]
         gp_borders = self._gp_borders(_Context(ctx_X, ctx_Y, ctx_Yvar, tmap))
         with _eval_mode(self.pfn):
             cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar)
@@ -532,7 +529,8 @@ class PFNModel(Model):
             borders=borders, probabilities=logits.to(ctx_Y).softmax(dim=-1)
         ).mean  # n_pending x 1 x 1, user units
         believed = tmap.forward(mean.reshape(-1, 1))
-        self._believed_memo = (key, pending_X.clone(), ctx_X.clone(), ctx_Y.clone(), believed)
+        key = _CacheKey.of(net, state, ctx_X, ctx_Y, ctx_Yvar)
+        self._believed_memo = (key, negate_train_ys, pending_X.clone(), believed)
         return believed
 
     @staticmethod
@@ -569,25 +567,29 @@ class PFNModel(Model):
         `state`, computed once per posterior call by :meth:`_network_and_state`) next
         to the cache.
         """
-        key = self._cache_key
-        fresh = (
-            self._kv_cache is not None
-            and key is not None
-            and key.training == net.training
-            and key.state == state
-            and key.X.shape == ctx_X.shape
-            and key.X.dtype == ctx_X.dtype
-            and torch.equal(key.X, ctx_X)
-            and _equal_with_nan(key.Y, ctx_Y)
-            and (key.Yvar is None) == (ctx_Yvar is None)
-            and (ctx_Yvar is None or _equal_with_nan(key.Yvar, ctx_Yvar))
-        )
-        if not fresh:
-            self._kv_cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar)
-            Yvar = None if ctx_Yvar is None else ctx_Yvar.clone()
-            self._cache_key = _CacheKey(ctx_X.clone(), ctx_Y.clone(), Yvar, net.training, state)
-            self.num_encodings += 1
+        held = self._held_cache(net, state, ctx_X, ctx_Y, ctx_Yvar)
+        if held is not None:
+            return held
+        self._kv_cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar)
+        self._cache_key = _CacheKey.of(net, state, ctx_X, ctx_Y, ctx_Yvar)
+        self.num_encodings += 1
         return self._kv_cache
+
+    def _held_cache(
+        self,
+        net: PFNTransformer,
+        state: tuple,
+        ctx_X: Tensor,
+        ctx_Y: Tensor,
+        ctx_Yvar: Optional[Tensor] = None,
+    ) -> Optional[KVCache]:
+        r"""The held cache if it was encoded from this context by this network state."""
+        key = self._cache_key
+        if self._kv_cache is not None and key is not None and key.matches(
+            net, state, ctx_X, ctx_Y, ctx_Yvar
+        ):
+            return self._kv_cache
+        return None
 
     @property
     def _caching(self) -> bool:
@@ -630,8 +632,6 @@ class PFNModel(Model):
             )
         if X.dim() == 1:
             X = X.unsqueeze(0)
-        if not X.is_floating_point():  # e.g. integer grids: the training inputs' dtype
-            X = X.to(self.train_X)
         if not torch.isfinite(X.detach()).all():
             raise ValueError(
                 "X contains NaN or inf values; the posterior is only defined at finite "
@@ -885,6 +885,29 @@ class _CacheKey(NamedTuple):
     Yvar: Optional[Tensor]  # standardised noise hints, or None
     training: bool  # the network's mode
     state: tuple  # the shared network's weights state
+
+    @classmethod
+    def of(
+        cls, net: torch.nn.Module, state: tuple, X: Tensor, Y: Tensor, Yvar: Optional[Tensor]
+    ) -> "_CacheKey":
+        r"""The key of a context (copies of its tensors)."""
+        return cls(X.clone(), Y.clone(), None if Yvar is None else Yvar.clone(),
+                   net.training, state)  # fmt: skip
+
+    def matches(
+        self, net: torch.nn.Module, state: tuple, X: Tensor, Y: Tensor, Yvar: Optional[Tensor]
+    ) -> bool:
+        r"""Whether a context and network state are the ones this key was made from."""
+        return (
+            self.training == net.training
+            and self.state == state
+            and self.X.shape == X.shape
+            and self.X.dtype == X.dtype
+            and torch.equal(self.X, X)
+            and _equal_with_nan(self.Y, Y)
+            and (self.Yvar is None) == (Yvar is None)
+            and (Yvar is None or _equal_with_nan(self.Yvar, Yvar))
+        )
 
 
 def _equal_with_nan(a: Tensor, b: Tensor) -> bool:
