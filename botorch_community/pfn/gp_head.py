@@ -403,15 +403,21 @@ class GPHead(nn.Module):
             `(mu, var)`, each `b x J x m` (float64).
         """
         with torch.autocast(query_X.device.type, enabled=False):
-            Zq = query_X.to(torch.float64).unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)
-            os = fit.outputscale[..., None, None]
-            ks = unit_kernel(_sqdist(Zq, fit.Z), self._is_matern(query_X.device)) * os
-            ks = ks * fit.observed[:, None, None, :]  # `b x J x m x n`
-            mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1)
-            v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
+            _, mu, v = self._conditioned(fit, query_X)
             var = (fit.outputscale.unsqueeze(-1) - v.square().sum(-2)).clamp_min(0.0)
             var = var + fit.noise.unsqueeze(-1)
         return mu, var
+
+    def _conditioned(self, fit: GPFit, query_X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""The particles' scaled queries `Zq` (`b x J x m x d`), posterior means `mu`
+        (`b x J x m`) and `v = L^{-1} k(context, queries)` (`b x J x n x m`), float64."""
+        Zq = query_X.to(torch.float64).unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)
+        os = fit.outputscale[..., None, None]
+        ks = unit_kernel(_sqdist(Zq, fit.Z), self._is_matern(query_X.device)) * os
+        ks = ks * fit.observed[:, None, None, :]  # `b x J x m x n`
+        mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1)
+        v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
+        return Zq, mu, v
 
     def mixture_correlation(self, fit: GPFit, query_X: Tensor) -> Tensor:
         r"""Correlation matrix of the particles' mixture at `q` joint points.
@@ -430,14 +436,9 @@ class GPHead(nn.Module):
         """
         with torch.autocast(query_X.device.type, enabled=False):
             X = query_X.to(torch.float64)
-            Zq = X.unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)  # `b x J x q x d`
+            Zq, mu, v = self._conditioned(fit, X)  # `b x J x q x d`, `b x J x q`, ...
             os = fit.outputscale[..., None, None]
-            matern = self._is_matern(X.device)
-            ks = unit_kernel(_sqdist(Zq, fit.Z), matern) * os
-            ks = ks * fit.observed[:, None, None, :]  # `b x J x q x n`
-            mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1)  # `b x J x q`
-            v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
-            kqq = unit_kernel(_sqdist(Zq, Zq), matern) * os  # `b x J x q x q`
+            kqq = unit_kernel(_sqdist(Zq, Zq), self._is_matern(X.device)) * os  # `b x J x q x q`
             q = X.shape[-2]
             eye = torch.eye(q, dtype=X.dtype, device=X.device)
             cov = kqq - v.transpose(-1, -2) @ v + fit.noise[..., None, None] * eye

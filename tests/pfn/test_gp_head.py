@@ -28,6 +28,19 @@ def _head_with(ls, os, noise, d, num_features=4, emsize=8):
     return head
 
 
+def _reference_kernels(j, ls, os, noise, X, Xq):
+    r"""gpytorch's kernels for particle `j` of :func:`_head_with` (Matérn-5/2, then RBF):
+    the noisy context kernel matrix (with the head's jitter), the cross-kernel and the
+    kernel at the queries."""
+    d = X.shape[-1]
+    kern = (MaternKernel(nu=2.5, ard_num_dims=d) if j == 0 else RBFKernel(ard_num_dims=d)).double()
+    kern.lengthscale = torch.tensor(ls[j], dtype=torch.float64)
+    with torch.no_grad():
+        eye = torch.eye(X.shape[-2], dtype=torch.float64)
+        K = kern(X).to_dense() * os[j] + (noise[j] + GP_JITTER * os[j]) * eye
+        return K, kern(Xq, X).to_dense() * os[j], kern(Xq).to_dense() * os[j]
+
+
 def _data(n=7, d=3, b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.rand(b, n, d, generator=g, dtype=torch.float64)
@@ -45,12 +58,9 @@ def test_particles_are_exact_gps_weighted_by_marginal_likelihood():
     fit = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y)
     mu, var = head.predict(fit, Xq)  # `b x J x m`
     lml = []
-    for j, kern in enumerate([MaternKernel(nu=2.5, ard_num_dims=d), RBFKernel(ard_num_dims=d)]):
-        kern = kern.double()
-        kern.lengthscale = torch.tensor(ls[j], dtype=torch.float64)
+    for j in range(2):
+        K, ks, _ = _reference_kernels(j, ls, os, noise, X, Xq)
         with torch.no_grad():
-            K = kern(X).to_dense() * os[j] + (noise[j] + GP_JITTER * os[j]) * torch.eye(7)
-            ks = kern(Xq, X).to_dense() * os[j]
             mu_ref = (ks @ torch.linalg.solve(K, Y)).squeeze(-1)
             var_ref = os[j] - (ks * torch.linalg.solve(K, ks.transpose(-1, -2)).transpose(-1, -2)).sum(-1) + noise[j]
             lml.append(torch.distributions.MultivariateNormal(torch.zeros(7, dtype=torch.float64), K).log_prob(Y.squeeze(-1)))
@@ -315,13 +325,9 @@ def test_mixture_correlation_is_the_particle_mixtures_joint_covariance():
     R = head.mixture_correlation(fit, Xq)  # `b x q x q`
     w = fit.log_weights.exp()  # `b x J`
     mus, covs = [], []
-    for j, kern in enumerate([MaternKernel(nu=2.5, ard_num_dims=d), RBFKernel(ard_num_dims=d)]):
-        kern = kern.double()
-        kern.lengthscale = torch.tensor(ls[j], dtype=torch.float64)
+    for j in range(2):
+        K, ks, kqq = _reference_kernels(j, ls, os, noise, X, Xq)
         with torch.no_grad():
-            K = kern(X).to_dense() * os[j] + (noise[j] + GP_JITTER * os[j]) * torch.eye(7)
-            ks = kern(Xq, X).to_dense() * os[j]
-            kqq = kern(Xq).to_dense() * os[j]
             mus.append((ks @ torch.linalg.solve(K, Y)).squeeze(-1))  # `b x q`
             covs.append(kqq - ks @ torch.linalg.solve(K, ks.transpose(-1, -2))
                         + noise[j] * torch.eye(5, dtype=torch.float64))  # fmt: skip
