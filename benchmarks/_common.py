@@ -46,6 +46,21 @@ def add_common_args(parser, default_out: str) -> None:
     parser.add_argument("--worker", default=None, help=argparse_suppress())
 
 
+def parse_network_set(items: list) -> dict:
+    r"""``["gp_constant_mean=true", ...]`` (a ``--network-set`` argument) ->
+    ``{"gp_constant_mean": True, ...}``: inference settings of a network's config."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--network-set expects FIELD=JSON, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"--network-set {item!r}: the value is not JSON ({e})")
+    return out
+
+
 def set_threads(n) -> None:
     if n:
         import torch

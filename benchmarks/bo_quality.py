@@ -74,6 +74,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -324,18 +325,22 @@ def run_one(problem_name: str, method: str, seed: int, args, network, pfn_option
                 optimal_value=opt, time=time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
-def _check_variant(done: dict, method: str, pfn_options: dict, checkpoint) -> None:
-    r"""Refuse to mix PFN runs of different options/checkpoints under one method name."""
+def _check_variant(done: dict, method: str, pfn_options: dict, checkpoint,
+                   network_set: Optional[dict] = None) -> None:
+    r"""Refuse to mix PFN runs of different options/checkpoints/network settings under
+    one method name."""
     for r in done.values():
         if r["method"] != method:
             continue
         old_opts = r.get("pfn_options") or {}
-        if old_opts != pfn_options or r.get("checkpoint") != checkpoint:
+        old_set = r.get("network_set") or None
+        if (old_opts != pfn_options or r.get("checkpoint") != checkpoint
+                or old_set != (network_set or None)):
             raise SystemExit(
-                f"The results file already holds {method!r} runs with pfn_options={old_opts} "
-                f"and checkpoint={r.get('checkpoint')!r}; this run has {pfn_options} and "
-                f"{checkpoint!r}. Give a --tag to store it as another method, or another "
-                "--out.")
+                f"The results file already holds {method!r} runs with pfn_options={old_opts}, "
+                f"checkpoint={r.get('checkpoint')!r} and network_set={old_set}; this run has "
+                f"{pfn_options}, {checkpoint!r} and {network_set or None}. Give a --tag to "
+                "store it as another method, or another --out.")
 
 
 def list_problems() -> str:
@@ -366,6 +371,9 @@ def main() -> None:
     p.add_argument("--raw-samples", type=int, default=512)
     p.add_argument("--network", default="default", choices=["default", "random"],
                    help="random: smoke test only (an untrained network is no surrogate)")
+    p.add_argument("--network-set", default=[], nargs="+", metavar="FIELD=JSON",
+                   help="inference settings of the network's config for this run, e.g. "
+                   "gp_constant_mean=true gp_refine_steps=60 (a variant: give a --tag)")
     p.add_argument("--checkpoint", default=None,
                    help="with --network default: a checkpoint written by the training "
                         "command to use instead of the shipped weights (a candidate)")
@@ -380,6 +388,7 @@ def main() -> None:
     p.add_argument("--no-report", action="store_true",
                    help="run, write no report (for shards; report later with --report-only)")
     args = p.parse_args()
+    args.network_set = C.parse_network_set(args.network_set)
     if args.list_problems:
         print(list_problems())
         return
@@ -418,6 +427,8 @@ def run_all(args, res_path: Path, pfn_options: dict) -> None:
                                  "Run without the pfn methods (--methods gp sobol) or "
                                  "use --network random for a smoke test.")
             sha = read_checkpoint_config(args.checkpoint).get("sha256")
+            if args.network_set:
+                network.config = network.config.replace(**args.network_set)
         else:
             from botorch_community.pfn.testing import random_pfn
 
@@ -429,7 +440,7 @@ def run_all(args, res_path: Path, pfn_options: dict) -> None:
     done = _load_done(res_path)
     for m in methods:
         if is_pfn(m):
-            _check_variant(done, m, pfn_options, args.checkpoint)
+            _check_variant(done, m, pfn_options, args.checkpoint, args.network_set)
     runs = [(pr, m, s) for s in range(args.seeds) for pr in args.problems for m in methods]
     mine = shard_runs(runs, i, k, args.iterations)
 
@@ -453,6 +464,7 @@ def run_all(args, res_path: Path, pfn_options: dict) -> None:
             rec["network_kind"] = args.network
             rec["network_sha256"] = sha
             rec["checkpoint"] = args.checkpoint
+            rec["network_set"] = args.network_set or None
         else:
             rec["network_kind"] = None
         rec["device"] = args.device

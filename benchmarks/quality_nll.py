@@ -68,6 +68,9 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="small smoke run")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint to evaluate (default: the shipped network)")
+    p.add_argument("--network-set", default=[], nargs="+", metavar="FIELD=JSON",
+                   help="inference settings of the network's config, e.g. "
+                   "gp_constant_mean=true")
     p.add_argument("--datasets", type=int, default=16, help="datasets per (d, n) cell")
     p.add_argument("--test-points", type=int, default=50, help="test rows per dataset")
     p.add_argument("--samples", type=int, default=2000,
@@ -295,6 +298,9 @@ def main() -> None:
     from botorch_community.pfn.standardize import context_moments
 
     net = load_pretrained(args.checkpoint)
+    network_set = C.parse_network_set(args.network_set)
+    if network_set:
+        net.config = net.config.replace(**network_set)
     from botorch_community.pfn.checkpoint import read_checkpoint_config
 
     ckpt_sha = read_checkpoint_config(args.checkpoint).get("sha256")

@@ -60,6 +60,9 @@ class PFNConfig:
             quarter with the largest targets, the rest spread over the others); the
             refined particles are conditioned on all rows. Caps the refinement's cost
             at `O(gp_refine_max_rows^3)` per step for large contexts.
+        gp_constant_mean: Each GP particle gets the constant prior mean that maximises
+            its marginal likelihood (generalised least squares) instead of zero (the
+            context's mean). An inference setting.
     """
 
     num_features: int
@@ -77,6 +80,7 @@ class PFNConfig:
     gp_refine_steps: int = 0
     gp_refine_min_context: int = 20
     gp_refine_max_rows: int = 200
+    gp_constant_mean: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -120,6 +124,8 @@ class PFNConfig:
         if not self.gp_refine_steps:
             for name in ("gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows"):
                 out.pop(name, None)
+        if not self.gp_constant_mean:
+            out.pop("gp_constant_mean", None)
         return out
 
     @classmethod
@@ -164,11 +170,12 @@ class PFNConfig:
 _OPTION_FIELDS = {
     "metric_attention": (),
     "noise_hint": (),
-    "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows"),
+    "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
+                "gp_constant_mean"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
-                     "gp_refine_max_rows")  # fmt: skip
+                     "gp_refine_max_rows", "gp_constant_mean")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

@@ -66,6 +66,7 @@ class GPFit:
         alpha: `b x J x n`, `(K + noise I)^{-1} y` (zero for missing targets).
         log_weights: `b x J` normalised particle log-weights.
         observed: `b x n`, 1 for a known target, 0 for a missing one.
+        mean: `b x J` constant prior means (zero unless the head fits them).
     """
 
     Z: Tensor
@@ -76,10 +77,11 @@ class GPFit:
     alpha: Tensor
     log_weights: Tensor
     observed: Tensor
+    mean: Tensor
 
     def tensors(self) -> tuple[Tensor, ...]:
         return (self.Z, self.inv_lengthscale, self.outputscale, self.noise, self.L,
-                self.alpha, self.log_weights, self.observed)  # fmt: skip
+                self.alpha, self.log_weights, self.observed, self.mean)  # fmt: skip
 
 
 def refinement_rows(
@@ -234,6 +236,7 @@ class GPHead(nn.Module):
         refine_min_context: int = 20,
         refine_max_rows: Optional[int] = None,
         known_noise: Optional[Tensor] = None,
+        constant_mean: bool = False,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -254,6 +257,12 @@ class GPHead(nn.Module):
                 every particle instead of the particle's noise, as a fixed-noise GP
                 does; where every observed row's noise is known, new observations get
                 their median.
+            constant_mean: Give each particle the constant prior mean that maximises
+                its marginal likelihood (the generalised-least-squares mean, as a
+                fitted ``SingleTaskGP``'s ``ConstantMean``) instead of zero. BO data
+                cluster where the targets are high, so their sample mean (zero after
+                standardising) overstates the level far from the data; the GLS mean
+                discounts clustered rows.
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -275,8 +284,10 @@ class GPHead(nn.Module):
             known = None if known_noise is None else known_noise.to(f64).reshape(b, n)
             if refine_steps > 0 and not self.training:
                 theta = self._refine(theta, X, y, observed, refine_steps, refine_min_context,
-                                     refine_max_rows, known)  # fmt: skip
-            (Z, inv_ls, os, noise, L, alpha), lml = self._condition(theta, X, y, observed, known)
+                                     refine_max_rows, known, constant_mean)  # fmt: skip
+            (Z, inv_ls, os, noise, L, alpha, mean), lml = self._condition(
+                theta, X, y, observed, known, constant_mean
+            )
             if known is not None:
                 # new observations: the median known noise where every observed row's is known
                 obs_known = torch.where(observed > 0, ~torch.isnan(known), True).all(-1)
@@ -284,7 +295,7 @@ class GPHead(nn.Module):
                 typical = typical.values.nan_to_num(GP_MIN_NOISE).clamp_min(GP_MIN_NOISE)  # `b`
                 noise = torch.where(obs_known.unsqueeze(-1), typical.unsqueeze(-1), noise)
             log_w = torch.log_softmax(logit + lml, dim=-1)
-        return GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed)
+        return GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed, mean)
 
     def _condition(
         self,
@@ -293,14 +304,23 @@ class GPHead(nn.Module):
         y: Tensor,
         observed: Tensor,
         known_noise: Optional[Tensor] = None,
+        constant_mean: bool = False,
     ) -> tuple[tuple[Tensor, ...], Tensor]:
         r"""The particles `theta` (`b x J x (d + 2)`, raw) conditioned on a context
-        (`known_noise`: `b x n` known noise variances, NaN: unknown; see :meth:`fit`).
+        (`known_noise`: `b x n` known noise variances, NaN: unknown; `constant_mean`:
+        see :meth:`fit`).
+
+        With a constant mean, each particle's mean is the generalised-least-squares
+        estimate (the maximiser of its marginal likelihood for fixed kernel
+        hyperparameters), clamped to the range of the observed targets:
+
+        .. math::
+            m_j = \frac{1^T K_j^{-1} y}{1^T K_j^{-1} 1}.
 
         Returns:
-            `((Z, inv_lengthscale, outputscale, noise, L, alpha), lml)`, the first six
+            `((Z, inv_lengthscale, outputscale, noise, L, alpha, mean), lml)`: those
             fields of a :class:`GPFit` (`noise`: the particles' own) and the `b x J` log
-            marginal likelihoods.
+            marginal likelihoods (profiled over the mean).
         """
         b, n, d = X.shape
         J = theta.shape[1]
@@ -320,13 +340,25 @@ class GPHead(nn.Module):
         diag = torch.where(om > 0, row_noise + (GP_JITTER * os).unsqueeze(-1), 1.0)
         L = _robust_cholesky(K, diag, os)
         yj = y.unsqueeze(1).expand(b, J, n)
+        if constant_mean:
+            ones = om.expand(b, J, n)  # missing rows: 0 (and identity rows of L)
+            a = torch.linalg.solve_triangular(L, torch.stack([ones, yj], -1), upper=False)
+            denom = a[..., 0].square().sum(-1)  # `1^T K^{-1} 1`, `b x J`
+            mean = (a[..., 0] * a[..., 1]).sum(-1) / denom.clamp_min(1e-300)
+            big = torch.finfo(y.dtype).max
+            lo = torch.where(observed > 0, y, big).amin(-1, keepdim=True)  # `b x 1`
+            hi = torch.where(observed > 0, y, -big).amax(-1, keepdim=True)
+            mean = torch.where(denom > 0, torch.minimum(torch.maximum(mean, lo), hi), 0.0)
+            yj = yj - mean.unsqueeze(-1) * ones
+        else:
+            mean = torch.zeros_like(os)
         alpha = torch.cholesky_solve(yj.unsqueeze(-1), L).squeeze(-1)  # `b x J x n`
         lml = (
             -0.5 * (yj * alpha).sum(-1)
             - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
             - 0.5 * observed.sum(-1, keepdim=True) * math.log(2 * math.pi)
         )  # `b x J`
-        return (Z, inv_ls, os, noise, L, alpha), lml
+        return (Z, inv_ls, os, noise, L, alpha, mean), lml
 
     def _refine(
         self,
@@ -338,6 +370,7 @@ class GPHead(nn.Module):
         min_context: int,
         max_rows: Optional[int] = None,
         known_noise: Optional[Tensor] = None,
+        constant_mean: bool = False,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -381,7 +414,7 @@ class GPHead(nn.Module):
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
             for _ in range(steps):
                 opt.zero_grad()
-                lml = self._condition(p, Xr, yr, obs, kn)[1]  # `b' x J`
+                lml = self._condition(p, Xr, yr, obs, kn, constant_mean)[1]  # `b' x J`
                 (-(lml / per_obs).sum()).backward()
                 opt.step()
             refined = p.detach()
@@ -415,7 +448,7 @@ class GPHead(nn.Module):
         os = fit.outputscale[..., None, None]
         ks = unit_kernel(_sqdist(Zq, fit.Z), self._is_matern(query_X.device)) * os
         ks = ks * fit.observed[:, None, None, :]  # `b x J x m x n`
-        mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1)
+        mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1) + fit.mean.unsqueeze(-1)
         v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
         return Zq, mu, v
 

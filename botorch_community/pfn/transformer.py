@@ -368,7 +368,8 @@ class PFNTransformer(nn.Module):
         c = self.config
         return self.gp.fit(token, context_X, context_Y, c.gp_refine_steps,
                            c.gp_refine_min_context, c.gp_refine_max_rows,
-                           known_noise=context_Yvar)  # fmt: skip
+                           known_noise=context_Yvar,
+                           constant_mean=c.gp_constant_mean)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:

@@ -70,6 +70,63 @@ def test_particles_are_exact_gps_weighted_by_marginal_likelihood():
     torch.testing.assert_close(fit.log_weights, torch.log_softmax(torch.stack(lml, -1), -1))
 
 
+def test_constant_mean_is_the_marginal_likelihood_maximiser():
+    r"""With ``constant_mean`` each particle is the GP with the constant mean that
+    maximises its marginal likelihood (the GLS estimate, as a fitted ConstantMean):
+    predictions equal the reference GP's with that mean, the weights use the profiled
+    likelihood, and no other constant gives a higher one."""
+    d = 3
+    ls = [[0.3, 0.5, 0.8], [0.4, 0.2, 1.0]]
+    os, noise = [1.3, 0.7], [1e-3, 0.05]
+    head = _head_with(ls, os, noise, d)
+    X, Y, Xq = _data(d=d, n=9)
+    Y = Y + 0.4  # a context whose GLS mean is not zero
+    fit = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y, constant_mean=True)
+    mu, var = head.predict(fit, Xq)
+    lml = []
+    for j in range(2):
+        K, ks, _ = _reference_kernels(j, ls, os, noise, X, Xq)
+        one = torch.ones(2, 9, 1, dtype=torch.float64)
+        m = (one.mT @ torch.linalg.solve(K, Y)) / (one.mT @ torch.linalg.solve(K, one))  # `b x 1 x 1`
+        torch.testing.assert_close(fit.mean[:, j], m.view(2), atol=1e-7, rtol=1e-6)
+        mu_ref = (m + ks @ torch.linalg.solve(K, Y - m)).squeeze(-1)
+        var_ref = os[j] - (ks * torch.linalg.solve(K, ks.mT).mT).sum(-1) + noise[j]
+        torch.testing.assert_close(mu[:, j], mu_ref, atol=1e-7, rtol=1e-6)
+        torch.testing.assert_close(var[:, j], var_ref, atol=1e-7, rtol=1e-6)
+
+        def log_lik(c):  # `b`: the marginal likelihood with constant mean `c` (`b`)
+            mvn = torch.distributions.MultivariateNormal(torch.zeros(9, dtype=torch.float64), K)
+            return mvn.log_prob(Y.squeeze(-1) - c.unsqueeze(-1))
+
+        best = log_lik(m.view(2))
+        lml.append(best)
+        for delta in (-0.05, 0.05):  # the GLS mean is the maximiser
+            assert bool((log_lik(m.view(2) + delta) < best).all())
+    torch.testing.assert_close(fit.log_weights, torch.log_softmax(torch.stack(lml, -1), -1))
+    # off: zero means, as before
+    plain = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y)
+    assert bool((plain.mean == 0).all())
+
+
+def test_constant_mean_lowers_the_level_far_from_clustered_high_targets():
+    r"""BO data: many high targets clustered near the optimum and a few low ones spread
+    out. Far from the data the zero-mean head reverts to the context's mean; the GLS
+    mean counts the cluster as few rows and reverts lower, as a fitted GP does."""
+    g = torch.Generator().manual_seed(3)
+    spread = torch.rand(1, 8, 2, generator=g, dtype=torch.float64)
+    cluster = 0.5 + 0.03 * torch.randn(1, 24, 2, generator=g, dtype=torch.float64)
+    X = torch.cat([spread, cluster], -2)
+    Y = (-10 * (X - 0.5).square().sum(-1, keepdim=True)).exp()
+    Y = (Y - Y.mean()) / Y.std()
+    head = _head_with([[0.2, 0.2], [0.2, 0.2]], [1.0, 1.0], [1e-4, 1e-4], d=2)
+    far = torch.tensor([[[-1.0, -1.0], [2.0, 2.0], [-1.0, 2.0]]], dtype=torch.float64)  # beyond the kernel's reach
+    token = torch.zeros(1, 8, dtype=torch.float64)
+    mu_zero = head.predict(head.fit(token, X, Y), far)[0]
+    mu_gls = head.predict(head.fit(token, X, Y, constant_mean=True), far)[0]
+    assert float(mu_zero.abs().max()) < 0.3  # back to the context's mean
+    assert bool((mu_gls < mu_zero - 0.5).all())
+
+
 def test_missing_targets_are_dropped_rows():
     head = _head_with([[0.3] * 3, [0.5] * 3], [1.0, 2.0], [1e-4, 0.1], d=3)
     with torch.no_grad():  # context-dependent particles
@@ -122,6 +179,19 @@ def test_gp_head_validation_and_config():
     assert "gp_head" in net.config.to_dict()
     assert "gp_head" not in PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2,
                                            nhid=16, num_buckets=10).config.to_dict()  # fmt: skip
+    # the constant mean: an inference setting, recorded only where on, validated
+    assert "gp_constant_mean" not in net.config.to_dict()
+    on = net.config.replace(gp_constant_mean=True)
+    assert on.to_dict()["gp_constant_mean"] is True and on.architecture() == net.config.architecture()
+    assert type(on).from_dict(on.to_dict()) == on
+    with pytest.raises(ValueError, match="gp_constant_mean"):
+        net.config.replace(gp_constant_mean=1)
+
+
+def test_shipped_network_fits_constant_means():
+    from botorch_community.pfn import load_pretrained
+
+    assert load_pretrained().config.gp_constant_mean
 
 
 def test_cholesky_falls_back_to_jitter_only_where_needed():
