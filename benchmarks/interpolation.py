@@ -80,7 +80,7 @@ def main() -> None:
         models["stgp"] = gp
         for name, m in models.items():
             with torch.no_grad():
-                kw_post = {"observation_noise": True} if name == "stgp" else {}
+                kw_post = {"observation_noise": True}  # the predictive of observations
                 po = m.posterior(X.unsqueeze(-2) if name != "stgp" else X, **kw_post)
                 pt = m.posterior(Xt.unsqueeze(-2) if name != "stgp" else Xt, **kw_post)
             mo, so = po.mean.reshape(-1), po.variance.reshape(-1).sqrt()

@@ -17,7 +17,7 @@ negative log-likelihood (NLL) per test point of the raw `y`:
   sample size (ESS) is reported; where it is small, the estimate is worse than the true
   Bayes predictive (the mixture only knows the few draws that fit), so the PFN-Bayes gap
   is then *understated*;
-* **PFN**: ``-PFNModel(train_X, train_Y, model=net).posterior(test_X).log_prob(y)``
+* **PFN**: ``-PFNModel(train_X, train_Y, model=net).posterior(test_X, observation_noise=True).log_prob(y)``
   (the Riemann density in user units). ``log_prob`` is ``-inf`` for a target outside the
   outer bucket borders; such targets are counted (``pfn_outside``) and scored with the
   density of the nearest edge bucket (as the training loss does), so the mean stays
@@ -382,7 +382,7 @@ def main() -> None:
                 model = PFNModel(tX[i], tY[i], model=net, ensemble_size=args.ensemble,
                                  train_Yvar=Yvar, warp_targets=not args.no_warp,
                                  predictive=args.predictive)
-                post = model.posterior(sX[i])
+                post = model.posterior(sX[i], observation_noise=True)  # noisy test targets
                 y = sY[i, :, 0].to(post.dtype)
                 lp = post.log_prob(y)
                 idx = post._bucket_index(y)

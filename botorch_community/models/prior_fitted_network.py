@@ -668,6 +668,7 @@ class PFNModel(Model):
         X: Tensor,
         pending_X: Optional[Tensor] = None,
         negate_train_ys: bool = False,
+        observation_noise: bool = True,
     ) -> tuple[Tensor, Tensor]:
         r"""Logits of the predictive bar distribution at `X`, and its borders.
 
@@ -675,6 +676,9 @@ class PFNModel(Model):
             X: `b? x q x d` untransformed inputs (at least 2-dim).
             pending_X: `n_pending x d` points under evaluation (believed targets).
             negate_train_ys: Model the negated targets.
+            observation_noise: The predictive of a noisy observation (True) or, with
+                ``predictive="gp"``, of the latent function (False). The network's full
+                output (``"mixture"``) is always that of an observation.
 
         Returns:
             `logits` (`b? x q x K`, in `X`'s dtype and device) and the `K + 1` bucket
@@ -691,12 +695,12 @@ class PFNModel(Model):
         )
         _check_borders(borders, ctx.target_map)
         if self.ensemble_size > 1:
-            return self._ensemble_logits(X_t, ctx, gp_borders).to(X), borders
+            return self._ensemble_logits(X_t, ctx, gp_borders, observation_noise).to(X), borders
         with _eval_mode(self.pfn):
             net, state = self._network_and_state()
             if self._caching:
                 cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
-                logits = net.predict(X_t, cache, gp_borders=gp_borders)
+                logits = net.predict(X_t, cache, gp_borders, observation_noise)
             else:
                 # Reference path: the context goes with every test batch element.
                 X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `b x q x d`
@@ -706,12 +710,17 @@ class PFNModel(Model):
                     ctx.X.expand(b, *ctx.X.shape), ctx.Y.expand(b, *ctx.Y.shape), X_b,
                     train_Yvar=Yvar,
                     gp_borders=gp_borders,
+                    gp_observation_noise=observation_noise,
                 ).reshape(*X_t.shape[:-1], -1)
                 self.num_encodings += 1
         return logits.to(X), borders
 
     def _ensemble_logits(
-        self, X_t: Tensor, ctx: "_Context", gp_borders: Optional[Tensor] = None
+        self,
+        X_t: Tensor,
+        ctx: "_Context",
+        gp_borders: Optional[Tensor] = None,
+        observation_noise: bool = True,
     ) -> Tensor:
         r"""Logits of the ensemble's averaged bar distribution (see `ensemble_size`).
 
@@ -719,6 +728,7 @@ class PFNModel(Model):
             X_t: `b? x q x d` transformed inputs.
             ctx: The context from :meth:`_context`.
             gp_borders: See :meth:`_gp_borders`.
+            observation_noise: See :meth:`pfn_logits`.
 
         Returns:
             `b? x q x K` logits: the log of the members' mean probabilities.
@@ -738,7 +748,7 @@ class PFNModel(Model):
                 # One cached context per member (cache batch `E x 1`): the `N x q` test
                 # points of a member are one query sequence against its context.
                 cache = self._cached_context(net, state, ctx_X_e, ctx_Y_e, Yvar_e)
-                logits = net.predict(X_e, cache, gp_borders=gp_borders)  # `E x N x q x B`
+                logits = net.predict(X_e, cache, gp_borders, observation_noise)  # `E x N x q x B`
             else:
                 n = ctx_X.shape[-2]
                 if Yvar_e is not None:
@@ -749,6 +759,7 @@ class PFNModel(Model):
                     X_e.reshape(E * N, q, d),
                     train_Yvar=Yvar_e,
                     gp_borders=gp_borders,
+                    gp_observation_noise=observation_noise,
                 ).reshape(E, N, q, -1)
                 self.num_encodings += 1
         log_p = torch.logsumexp(logits.log_softmax(dim=-1), dim=0) - math.log(E)
@@ -766,13 +777,18 @@ class PFNModel(Model):
     ) -> BoundedRiemannPosterior:
         r"""The PFN's predictive distribution at `X`.
 
-        The PFN was trained on noisy targets, so its predictive already is that of a new
-        observation: `observation_noise` does not change it.
+        As for BoTorch's GPs, the default is the posterior of the latent function and
+        ``observation_noise=True`` adds the noise the model infers (or the known noise
+        of ``train_Yvar``): the GP head's predictive (``predictive="gp"``, the default
+        for the shipped network) has both. The network's full output
+        (``predictive="mixture"``) is trained on noisy targets and is always that of a
+        new observation.
 
         Args:
             X: `b? x q? x d` inputs.
             output_indices: Must be None or `[0]` (single output).
-            observation_noise: Accepted for API compatibility (see above).
+            observation_noise: False (the latent function) or True (a new
+                observation). A tensor of noise variances is not supported.
             posterior_transform: A single-output `ScalarizedPosteriorTransform`
                 (affine, e.g. weight -1 for minimisation) is applied exactly.
             pending_X: `n_pending x d` points under evaluation; they enter the context
@@ -788,7 +804,9 @@ class PFNModel(Model):
                 f"PFNModel has a single output; got output_indices={output_indices}."
             )
         self.eval()
-        logits, borders = self.pfn_logits(X, pending_X, negate_train_ys)
+        logits, borders = self.pfn_logits(
+            X, pending_X, negate_train_ys, _observation_noise_flag(observation_noise)
+        )
         posterior = BoundedRiemannPosterior(
             borders=borders, probabilities=logits.softmax(dim=-1)
         )
@@ -1003,9 +1021,11 @@ class MultivariatePFNModel(PFNModel):
 
         For `q = 1` (or 1-dim `X`) this equals :meth:`PFNModel.posterior`.
         """
+        noisy = _observation_noise_flag(observation_noise)
         marginals = super().posterior(
             X,
             output_indices=output_indices,
+            observation_noise=noisy,
             pending_X=pending_X,
             negate_train_ys=negate_train_ys,
         )
@@ -1016,7 +1036,7 @@ class MultivariatePFNModel(PFNModel):
         else:
             if not X.is_floating_point():
                 X = X.to(self.train_X)
-            R = self.estimate_correlations(X, marginals, pending_X, negate_train_ys)
+            R = self.estimate_correlations(X, marginals, pending_X, negate_train_ys, noisy)
         joint = MultivariateRiemannPosterior(
             borders=marginals.borders,
             probabilities=marginals.probabilities,
@@ -1030,6 +1050,7 @@ class MultivariatePFNModel(PFNModel):
         marginals: BoundedRiemannPosterior,
         pending_X: Optional[Tensor] = None,
         negate_train_ys: bool = False,
+        observation_noise: bool = True,
     ) -> Tensor:
         r"""Correlation matrix of the `q` points.
 
@@ -1045,6 +1066,8 @@ class MultivariatePFNModel(PFNModel):
         Args:
             X: `b? x q x d` untransformed inputs.
             marginals: The marginal posterior at `X` (`b? x q` batch).
+            observation_noise: Correlations of noisy observations (True) or, with the
+                GP head's predictive, of the latent function.
 
         Returns:
             `b? x q x q` correlation matrices.
@@ -1063,7 +1086,7 @@ class MultivariatePFNModel(PFNModel):
                 else:
                     cache = net.encode_context(ctx.X, ctx.Y, train_Yvar=ctx.Yvar)
                     self.num_encodings += 1
-                R = net.gp.mixture_correlation(cache.gp_fit, X_t)
+                R = net.gp.mixture_correlation(cache.gp_fit, X_t, observation_noise)
             return _nearest_correlation(R.to(X)).reshape(*batch_shape, q, q)
         ctx_X, ctx_Y = ctx.X, ctx.Y
         mu = marginals.mean.squeeze(-1).reshape(-1, q)  # `b x q`, user units
@@ -1084,7 +1107,7 @@ class MultivariatePFNModel(PFNModel):
                 ctx_Yvar=ctx.Yvar, extra_Yvar=extra_Yvar,
             )  # batch `b x q`: context i holds the n rows plus (x_i, c_i)
             gp_borders = self._gp_borders(ctx)  # those of the marginals
-            logits = net.predict(X_t.unsqueeze(-3), cache, gp_borders=gp_borders).to(X)
+            logits = net.predict(X_t.unsqueeze(-3), cache, gp_borders, observation_noise).to(X)
         cond = BoundedRiemannPosterior(
             borders=marginals.borders, probabilities=logits.softmax(dim=-1)
         )
@@ -1093,6 +1116,18 @@ class MultivariatePFNModel(PFNModel):
         rho = 0.5 * (rho + rho.transpose(-1, -2))
         R = _nearest_correlation(rho)
         return R.reshape(*batch_shape, q, q)
+
+
+def _observation_noise_flag(observation_noise: Union[bool, Tensor]) -> bool:
+    r"""``posterior``'s `observation_noise` as a bool (a tensor of noise variances is
+    refused: the predictive's noise is the model's own or ``train_Yvar``'s)."""
+    if isinstance(observation_noise, Tensor):
+        raise UnsupportedError(
+            "PFNModel.posterior does not take noise variances as observation_noise; pass "
+            "True (a new observation with the noise the model infers or train_Yvar's) "
+            "or False (the latent function)."
+        )
+    return bool(observation_noise)
 
 
 def _nearest_correlation(A: Tensor, min_eig: float = 1e-6) -> Tensor:

@@ -425,12 +425,15 @@ class GPHead(nn.Module):
     def _is_matern(self, device: torch.device) -> Tensor:
         return (torch.arange(self.particles, device=device) % 2 == 0).view(1, -1, 1, 1)
 
-    def predict(self, fit: GPFit, query_X: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Means and variances of the particles' predictives of noisy targets.
+    def predict(
+        self, fit: GPFit, query_X: Tensor, observation_noise: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        r"""Means and variances of the particles' predictives.
 
         Args:
             fit: From :meth:`fit`, batch `b`.
             query_X: `b x m x d`.
+            observation_noise: Predict noisy targets (True) or the latent function.
 
         Returns:
             `(mu, var)`, each `b x J x m` (float64).
@@ -438,7 +441,8 @@ class GPHead(nn.Module):
         with torch.autocast(query_X.device.type, enabled=False):
             _, mu, v = self._conditioned(fit, query_X)
             var = (fit.outputscale.unsqueeze(-1) - v.square().sum(-2)).clamp_min(0.0)
-            var = var + fit.noise.unsqueeze(-1)
+            if observation_noise:
+                var = var + fit.noise.unsqueeze(-1)
         return mu, var
 
     def _conditioned(self, fit: GPFit, query_X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -452,10 +456,13 @@ class GPHead(nn.Module):
         v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
         return Zq, mu, v
 
-    def mixture_correlation(self, fit: GPFit, query_X: Tensor) -> Tensor:
+    def mixture_correlation(
+        self, fit: GPFit, query_X: Tensor, observation_noise: bool = True
+    ) -> Tensor:
         r"""Correlation matrix of the particles' mixture at `q` joint points.
 
-        Each particle's joint predictive of noisy targets at the `q` points is Gaussian
+        Each particle's joint predictive of noisy targets (or, without
+        `observation_noise`, of the latent function) at the `q` points is Gaussian
         (mean :math:`\mu_j`, covariance :math:`\Sigma_j`); the mixture with weights
         :math:`w_j` has covariance
         :math:`\sum_j w_j (\Sigma_j + \mu_j \mu_j^T) - m m^T`, :math:`m = \sum_j w_j \mu_j`.
@@ -474,7 +481,11 @@ class GPHead(nn.Module):
             kqq = unit_kernel(_sqdist(Zq, Zq), self._is_matern(X.device)) * os  # `b x J x q x q`
             q = X.shape[-2]
             eye = torch.eye(q, dtype=X.dtype, device=X.device)
-            cov = kqq - v.transpose(-1, -2) @ v + fit.noise[..., None, None] * eye
+            cov = kqq - v.transpose(-1, -2) @ v
+            if observation_noise:
+                cov = cov + fit.noise[..., None, None] * eye
+            else:  # round-off keeps a latent covariance of near-duplicates PSD
+                cov = cov + (GP_JITTER * fit.outputscale)[..., None, None] * eye
             w = fit.log_weights.exp()  # `b x J`
             m = (w.unsqueeze(-1) * mu).sum(1)  # `b x q`
             second = (w[..., None, None] * (cov + mu.unsqueeze(-1) * mu.unsqueeze(-2))).sum(1)
@@ -503,18 +514,22 @@ class GPHead(nn.Module):
             omega = self._omega(h, mu, var, fit)
         return log_q, omega
 
-    def mixture_log_probs(self, fit: GPFit, query_X: Tensor, borders: Tensor) -> Tensor:
+    def mixture_log_probs(
+        self, fit: GPFit, query_X: Tensor, borders: Tensor, observation_noise: bool = True
+    ) -> Tensor:
         r"""The GP mixture on the buckets alone (no test-token states needed).
 
         Args:
             fit: From :meth:`fit`, batch `b`.
             query_X: `b x m x d`.
             borders: `K + 1` bucket borders (standardised).
+            observation_noise: The mixture of noisy targets (True) or of the latent
+                function.
 
         Returns:
             `b x m x K` log bucket probabilities (float64).
         """
-        mu, var = self.predict(fit, query_X)  # `b x J x m`
+        mu, var = self.predict(fit, query_X, observation_noise)  # `b x J x m`
         with torch.autocast(query_X.device.type, enabled=False):
             return self._bucket_log_probs(mu, var, fit, borders)
 

@@ -400,6 +400,7 @@ class PFNTransformer(nn.Module):
         train_Yvar: Optional[Tensor] = None,
         test_Y: Optional[Tensor] = None,
         gp_borders: Optional[Tensor] = None,
+        gp_observation_noise: bool = True,
     ) -> Tensor:
         r"""Logits of the predictive bar distribution at `test_X` (or, given `test_Y`,
         the NLL of those targets: the training loss).
@@ -420,6 +421,8 @@ class PFNTransformer(nn.Module):
                 without the GP head's `K`-bucket mixture (reference path only).
             gp_borders: Return the GP head's mixture alone, on these borders (see
                 :meth:`predict`).
+            gp_observation_noise: With `gp_borders`: the mixture of noisy targets
+                (True) or of the latent function.
 
         Returns:
             `b x m x num_buckets` logits, or with `test_Y` the `b x m` NLLs.
@@ -427,7 +430,7 @@ class PFNTransformer(nn.Module):
         if kv_cache is not None:
             if test_Y is not None:
                 raise ValueError("test_Y (the training loss) needs the reference path.")
-            return self.predict(test_X, kv_cache, gp_borders=gp_borders)
+            return self.predict(test_X, kv_cache, gp_borders, gp_observation_noise)
         train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
         if train_X.shape[:-2] != test_X.shape[:-2]:
             raise ValueError(
@@ -445,7 +448,7 @@ class PFNTransformer(nn.Module):
         fit = self._fit_gp(token, cX, cY, cYvar)
         if test_Y is None:
             if gp_borders is not None and fit is not None:
-                log_q = self.gp.mixture_log_probs(fit, qX, gp_borders)
+                log_q = self.gp.mixture_log_probs(fit, qX, gp_borders, gp_observation_noise)
                 return log_q.reshape(*batch_shape, m, -1)
             return self._output_logits(h, fit, qX).reshape(*batch_shape, m, -1)
         return self._training_nll(h, fit, qX, test_Y).reshape(*batch_shape, m)
@@ -639,7 +642,11 @@ class PFNTransformer(nn.Module):
         )
 
     def predict(
-        self, test_X: Tensor, kv_cache: KVCache, gp_borders: Optional[Tensor] = None
+        self,
+        test_X: Tensor,
+        kv_cache: KVCache,
+        gp_borders: Optional[Tensor] = None,
+        gp_observation_noise: bool = True,
     ) -> Tensor:
         r"""Logits at `test_X` against a cached context.
 
@@ -656,6 +663,9 @@ class PFNTransformer(nn.Module):
                 a non-empty context; else this is ignored). The test tokens then skip
                 the transformer layers, so a call costs about a posterior of
                 `gp_particles` GPs; the borders can be finer than the network's.
+            gp_observation_noise: With `gp_borders`: the mixture of noisy targets
+                (True) or of the latent function (the network's own output is always
+                that of a noisy target).
 
         Returns:
             `broadcast(test_batch_shape, cache_batch_shape) x m x num_buckets` logits
@@ -685,12 +695,14 @@ class PFNTransformer(nn.Module):
             parts = [
                 self._predict_queries(
                     h[:, i : i + chunk], kv_cache, None if qX is None else qX[:, i : i + chunk],
-                    cX, gp_borders,
+                    cX, gp_borders, gp_observation_noise,
                 )
                 for i in range(0, M, chunk)
             ]
             return restore(torch.cat(parts, dim=-2))
-        return restore(self._predict_queries(h, kv_cache, qX, cX, gp_borders))
+        return restore(
+            self._predict_queries(h, kv_cache, qX, cX, gp_borders, gp_observation_noise)
+        )
 
     def _predict_queries(
         self,
@@ -699,11 +711,13 @@ class PFNTransformer(nn.Module):
         qX: Optional[Tensor],
         cX: Optional[Tensor],
         gp_borders: Optional[Tensor],
+        gp_observation_noise: bool = True,
     ) -> Tensor:
         r"""Logits of `Bc x M` query tokens `h` (`Bc x M x e`) against the cache (in
         the cache layout; `qX`: `Bc x M x d`, `cX`: `Bc x n x d` or None)."""
         if gp_borders is not None and kv_cache.gp_fit is not None:
-            return self.gp.mixture_log_probs(kv_cache.gp_fit, qX, gp_borders)
+            return self.gp.mixture_log_probs(kv_cache.gp_fit, qX, gp_borders,
+                                             gp_observation_noise)  # fmt: skip
         sqdist = self._sqdist(qX, cX) if cX is not None else None  # `Bc x M x n x d`
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             h = layer.attend(h, k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]), sqdist)

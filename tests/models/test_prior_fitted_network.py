@@ -401,7 +401,8 @@ def test_lbfgs_sees_no_float32_noise_with_the_default_network():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cls", [PFNModel, MultivariatePFNModel])
-def test_gp_predictive_cached_equals_reference_and_is_the_gp_heads_mixture(shape, dtype, cls):
+@pytest.mark.parametrize("noise", [False, True])
+def test_gp_predictive_cached_equals_reference_and_is_the_gp_heads_mixture(shape, dtype, cls, noise):
     net = random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48,
                      **NETS["metric+hint+gp"])  # fmt: skip
     X, Y = _data(dtype=dtype)
@@ -410,7 +411,7 @@ def test_gp_predictive_cached_equals_reference_and_is_the_gp_heads_mixture(shape
     Xq = torch.rand(*shape, dtype=dtype, requires_grad=True)
     outs = []
     for model in models:
-        post = model.posterior(Xq, pending_X=pending_X)
+        post = model.posterior(Xq, pending_X=pending_X, observation_noise=noise)
         mean = post.mean
         (grad,) = torch.autograd.grad((mean * torch.arange(mean.numel()).view_as(mean)).sum(), Xq)
         outs.append((post.probabilities.detach(), mean.detach(), grad))
@@ -431,3 +432,36 @@ def test_gp_predictive_cached_equals_reference_and_is_the_gp_heads_mixture(shape
     with pytest.raises(UnsupportedError, match="GP head"):
         PFNModel(X, Y, model=random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2),
                  predictive="gp")  # fmt: skip
+
+
+def test_gp_predictive_latent_by_default_and_noisy_on_request():
+    r"""As a BoTorch GP: ``posterior(X)`` is the latent function's predictive and
+    ``observation_noise=True`` adds each particle's noise; the variances differ by the
+    particles' weighted noise (user units). The full output is always an
+    observation's; a tensor of noise variances is refused."""
+    net = random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48,
+                     **NETS["metric+hint+gp"])  # fmt: skip
+    X, Y = _data(dtype=torch.float64)
+    Y = Y + 0.3 * torch.randn(Y.shape, generator=torch.Generator().manual_seed(5), dtype=Y.dtype)
+    Xq = torch.rand(7, 1, X.shape[-1], dtype=torch.float64)
+    model = PFNModel(X, Y, model=net, warp_targets=False)  # affine: y = m + s z
+    with model.cache_training_context():
+        latent = model.posterior(Xq)
+        noisy = model.posterior(Xq, observation_noise=True)
+        fit = model.kv_cache.gp_fit
+    torch.testing.assert_close(latent.mean, noisy.mean, atol=1e-6, rtol=0)
+    w_noise = (fit.log_weights.exp() * fit.noise).sum() * Y.var()  # user units
+    torch.testing.assert_close(noisy.variance - latent.variance,
+                               w_noise.expand_as(latent.variance), atol=1e-3 * float(Y.var()), rtol=0)
+    assert float(w_noise) > 1e-3 * float(Y.var())  # the check is not vacuous
+    full = PFNModel(X, Y, model=net, predictive="mixture")
+    torch.testing.assert_close(full.posterior(Xq).probabilities,
+                               full.posterior(Xq, observation_noise=True).probabilities)
+    with pytest.raises(UnsupportedError, match="observation_noise"):
+        model.posterior(Xq, observation_noise=torch.full((7, 1, 1), 0.1, dtype=torch.float64))
+    # joint: two copies of one point are one latent value, two noisy observations
+    mv = MultivariatePFNModel(X, Y, model=net)
+    pair = Xq[:2].reshape(1, 2, -1)[:, [0, 0]]  # `1 x 2 x d`, the same point twice
+    r_latent = mv.posterior(pair).correlation_matrix[0, 0, 1]
+    r_noisy = mv.posterior(pair, observation_noise=True).correlation_matrix[0, 0, 1]
+    assert float(r_latent) > 0.999 and float(r_noisy) < float(r_latent) - 1e-3
