@@ -110,10 +110,12 @@ def gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:
     r"""Probabilities of the buckets under `N(mu, sigma^2)`, accurate in both tails.
 
     One normal tail per border, `t_k = Phi(-|z_k|) = erfc(|z_k| / sqrt(2)) / 2`: a bucket
-    above the mean is `t_lo - t_hi`, one below it `t_hi - t_lo`, the one holding the
-    mean `1 - t_lo - t_hi`, so no bucket takes the difference of two CDFs near 1.
-    (`torch.special.ndtr` is `(1 + erf) / 2`, which loses the lower tail beyond about
-    5 standard deviations; `erfc` keeps it.)
+    above the mean is `t_lo - t_hi`, one below it `t_hi - t_lo` (both `|t_lo - t_hi|`),
+    and the one holding the mean `1 - t_lo - t_hi`, so no bucket takes the difference of
+    two CDFs near 1. (`torch.special.ndtr` is `(1 + erf) / 2`, which loses the lower
+    tail beyond about 5 standard deviations; `erfc` keeps it.) The bucket holding the
+    mean is patched in afterwards (one per distribution), so the `K`-sized work is a few
+    elementwise passes.
 
     Args:
         mu: `batch_shape` means.
@@ -123,12 +125,18 @@ def gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:
     Returns:
         `batch_shape x K` probabilities (not floored: far tails may be 0).
     """
-    z = (borders - mu.unsqueeze(-1)) / sigma.unsqueeze(-1)  # `batch_shape x (K + 1)`
-    t = 0.5 * torch.special.erfc(z.abs() * math.sqrt(0.5))  # the smaller tail at each border
-    t_lo, t_hi = t[..., :-1], t[..., 1:]
-    return torch.where(
-        z[..., :-1] > 0, t_lo - t_hi, torch.where(z[..., 1:] <= 0, t_hi - t_lo, 1 - t_lo - t_hi)
-    )
+    scale = math.sqrt(0.5) / sigma.unsqueeze(-1)
+    u = (borders - mu.unsqueeze(-1)) * scale  # `z / sqrt(2)`, `batch_shape x (K + 1)`
+    t = 0.5 * torch.special.erfc(u.abs())  # the smaller tail at each border
+    p = (t[..., :-1] - t[..., 1:]).abs()
+    # the bucket holding the mean: `z_lo <= 0 < z_hi`, `k = #{z <= 0} - 1`
+    K = p.shape[-1]
+    k = (u <= 0).sum(-1, keepdim=True) - 1  # `batch_shape x 1`
+    inside = (k >= 0) & (k < K)
+    kc = k.clamp(0, K - 1)
+    t_lo, t_hi = t.gather(-1, kc), t.gather(-1, kc + 1)
+    center = torch.where(inside, 1 - t_lo - t_hi, p.gather(-1, kc))
+    return p.scatter(-1, kc, center)
 
 
 def log_gaussian_bucket_probs(mu: Tensor, sigma: Tensor, borders: Tensor) -> Tensor:

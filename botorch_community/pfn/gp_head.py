@@ -50,6 +50,11 @@ GP_MIN_NOISE = 1e-6
 GP_JITTER = 1e-8
 #: Adam learning rate of the particles' refinement (on log hyperparameters).
 REFINE_LR = 0.05
+#: At inference a particle whose weight is below this fraction of its context's largest
+#: gets weight exactly zero, and particles at zero in every context of a batch are
+#: dropped from the fit: after the refinement the weights usually concentrate on one or
+#: two particles, and each test point then costs that many GP posteriors, not `J`.
+PRUNE_WEIGHT = 1e-12
 
 
 @dataclass(eq=False)
@@ -67,6 +72,7 @@ class GPFit:
         log_weights: `b x J` normalised particle log-weights.
         observed: `b x n`, 1 for a known target, 0 for a missing one.
         mean: `b x J` constant prior means (zero unless the head fits them).
+        matern: `1 x J x 1 x 1` bool, the particles' kernels (Matérn-5/2 or RBF).
     """
 
     Z: Tensor
@@ -78,10 +84,14 @@ class GPFit:
     log_weights: Tensor
     observed: Tensor
     mean: Tensor
+    matern: Tensor
 
     def tensors(self) -> tuple[Tensor, ...]:
-        return (self.Z, self.inv_lengthscale, self.outputscale, self.noise, self.L,
-                self.alpha, self.log_weights, self.observed, self.mean)  # fmt: skip
+        return tuple(getattr(self, n) for n in _GPFIT_FIELDS)
+
+
+_GPFIT_FIELDS = ("Z", "inv_lengthscale", "outputscale", "noise", "L", "alpha", "log_weights",
+                 "observed", "mean", "matern")  # fmt: skip
 
 
 def refinement_rows(
@@ -121,6 +131,27 @@ def refinement_rows(
     if known_noise is not None:
         out = out + (known_noise.gather(-1, order),)
     return out
+
+
+def _prune(fit: GPFit) -> GPFit:
+    r"""`fit` with negligible particles at weight zero and those negligible in every
+    context dropped (:data:`PRUNE_WEIGHT`). Zeroing is per context, so a context's
+    predictive does not depend on its batch."""
+    if PRUNE_WEIGHT <= 0:
+        return fit
+    log_w = fit.log_weights  # `b x J`
+    small = log_w < log_w.amax(-1, keepdim=True) + math.log(PRUNE_WEIGHT)
+    if not bool(small.any()):
+        return fit
+    log_w = torch.log_softmax(log_w.masked_fill(small, float("-inf")), dim=-1)
+    keep = (~small).any(0).nonzero().squeeze(-1)  # particles some context uses
+    fields = {n: getattr(fit, n) for n in _GPFIT_FIELDS}
+    fields["log_weights"] = log_w
+    if keep.numel() < log_w.shape[-1]:
+        for n in _GPFIT_FIELDS:
+            if n != "observed":  # `b x J ...` (matern: `1 x J x 1 x 1`)
+                fields[n] = fields[n].index_select(1, keep)
+    return GPFit(**fields)
 
 
 def _floored_log(q: Tensor) -> Tensor:
@@ -295,7 +326,11 @@ class GPHead(nn.Module):
                 typical = typical.values.nan_to_num(GP_MIN_NOISE).clamp_min(GP_MIN_NOISE)  # `b`
                 noise = torch.where(obs_known.unsqueeze(-1), typical.unsqueeze(-1), noise)
             log_w = torch.log_softmax(logit + lml, dim=-1)
-        return GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed, mean)
+            fit = GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed, mean,
+                        self._is_matern(X.device))  # fmt: skip
+            if not self.training:
+                fit = _prune(fit)
+        return fit
 
     def _condition(
         self,
@@ -440,9 +475,11 @@ class GPHead(nn.Module):
         """
         with torch.autocast(query_X.device.type, enabled=False):
             _, mu, v = self._conditioned(fit, query_X)
-            var = (fit.outputscale.unsqueeze(-1) - v.square().sum(-2)).clamp_min(0.0)
+            os = fit.outputscale.unsqueeze(-1)
             if observation_noise:
-                var = var + fit.noise.unsqueeze(-1)
+                var = (os - v.square().sum(-2)).clamp_min(0.0) + fit.noise.unsqueeze(-1)
+            else:  # floored at the jitter: a finite sd and gradient at the observations
+                var = (os - v.square().sum(-2)).clamp_min(0.0).clamp_min(GP_JITTER * os)
         return mu, var
 
     def _conditioned(self, fit: GPFit, query_X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -450,7 +487,7 @@ class GPHead(nn.Module):
         (`b x J x m`) and `v = L^{-1} k(context, queries)` (`b x J x n x m`), float64."""
         Zq = query_X.to(torch.float64).unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)
         os = fit.outputscale[..., None, None]
-        ks = unit_kernel(_sqdist(Zq, fit.Z), self._is_matern(query_X.device)) * os
+        ks = unit_kernel(_sqdist(Zq, fit.Z), fit.matern) * os
         ks = ks * fit.observed[:, None, None, :]  # `b x J x m x n`
         mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1) + fit.mean.unsqueeze(-1)
         v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
@@ -478,7 +515,7 @@ class GPHead(nn.Module):
             X = query_X.to(torch.float64)
             Zq, mu, v = self._conditioned(fit, X)  # `b x J x q x d`, `b x J x q`, ...
             os = fit.outputscale[..., None, None]
-            kqq = unit_kernel(_sqdist(Zq, Zq), self._is_matern(X.device)) * os  # `b x J x q x q`
+            kqq = unit_kernel(_sqdist(Zq, Zq), fit.matern) * os  # `b x J x q x q`
             q = X.shape[-2]
             eye = torch.eye(q, dtype=X.dtype, device=X.device)
             cov = kqq - v.transpose(-1, -2) @ v

@@ -8,6 +8,7 @@ import pytest
 import torch
 from gpytorch.kernels import MaternKernel, RBFKernel
 
+from botorch_community.pfn import gp_head
 from botorch_community.pfn.gp_head import GP_JITTER, GPHead
 from botorch_community.pfn.testing import random_pfn
 from botorch_community.pfn.transformer import PFNTransformer
@@ -246,7 +247,8 @@ def _refining_head():
     return head.eval()
 
 
-def test_refinement_raises_each_particles_marginal_likelihood_in_eval_only():
+def test_refinement_raises_each_particles_marginal_likelihood_in_eval_only(monkeypatch):
+    monkeypatch.setattr(gp_head, "PRUNE_WEIGHT", 0.0)  # every particle's fit, to compare
     X, Y, _ = _data(n=12, b=3)
     token = torch.randn(3, 8, dtype=torch.float64)
     head = _refining_head()
@@ -410,3 +412,37 @@ def test_mixture_correlation_is_the_particle_mixtures_joint_covariance():
     mu, var = head.predict(fit, Xq)
     var_mix = (w[..., None] * (var + mu.square())).sum(1) - (w[..., None] * mu).sum(1).square()
     torch.testing.assert_close(C.diagonal(dim1=-2, dim2=-1), var_mix, atol=1e-7, rtol=1e-6)
+
+
+def test_negligible_particles_are_zeroed_per_context_and_dropped_when_unused():
+    r"""At inference a particle far below its context's best weight gets weight zero;
+    one unused by every context of the batch is not computed at all. Predictions equal
+    those of the full mixture to round-off, alone or in a batch."""
+    ls = [[0.3, 0.5, 0.8], [0.05, 0.05, 0.05]]  # particle 1: hopeless on this data
+    head = _head_with(ls, [1.0, 1e-3], [1e-3, 1e-6], d=3).eval()
+    X, Y, Xq = _data(d=3, n=12, b=2)
+    token = torch.zeros(2, 8, dtype=torch.float64)
+    fit = head.fit(token, X, Y)
+    assert fit.log_weights.shape == (2, 1) and fit.L.shape[1] == 1  # dropped
+    assert bool(fit.matern.reshape(-1)[0])  # the Matérn particle kept
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gp_head, "PRUNE_WEIGHT", 0.0)
+        full = head.fit(token, X, Y)
+    assert full.log_weights.shape == (2, 2) and float(full.log_weights[:, 1].max()) < math.log(1e-12)
+    for a, b in zip(head.predict(fit, Xq), head.predict(full, Xq)):
+        torch.testing.assert_close(a[:, 0], b[:, 0])
+    borders = torch.linspace(-4, 4, 101, dtype=torch.float64)
+    torch.testing.assert_close(head.mixture_log_probs(fit, Xq, borders),
+                               head.mixture_log_probs(full, Xq, borders), atol=1e-9, rtol=0)
+    # a batch where one context needs the particle: it stays, at weight 0 elsewhere
+    Y2 = Y.clone()
+    Y2[1] = torch.randn(12, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    both = head.fit(token, X, Y2)
+    alone = head.fit(token[:1], X[:1], Y2[:1])
+    if both.log_weights.shape[1] == 2:
+        assert float(both.log_weights[0, 1]) == float("-inf")
+    for a, b in zip(head.predict(alone, Xq[:1]), head.predict(both, Xq)):
+        torch.testing.assert_close((a * alone.log_weights.exp().unsqueeze(-1)).sum(1)[0],
+                                   (b * both.log_weights.exp().unsqueeze(-1)).sum(1)[0])
+    # training never prunes (the loss trains every particle)
+    assert head.train().fit(token, X, Y).log_weights.shape == (2, 2)
