@@ -50,10 +50,10 @@ GP_MIN_NOISE = 1e-6
 GP_JITTER = 1e-8
 #: Adam learning rate of the particles' refinement (on log hyperparameters).
 REFINE_LR = 0.05
-#: At inference a particle whose weight is below this fraction of its context's largest
-#: gets weight exactly zero, and particles at zero in every context of a batch are
-#: dropped from the fit: after the refinement the weights usually concentrate on one or
-#: two particles, and each test point then costs that many GP posteriors, not `J`.
+#: At inference (:func:`_compact`) a particle whose weight is below this fraction of its
+#: context's largest gets weight exactly zero, and particles at zero in every context of
+#: a batch are dropped from the fit: after the refinement the weights usually concentrate
+#: on one or two particles, and each test point then costs that many GP posteriors.
 PRUNE_WEIGHT = 1e-12
 
 
@@ -133,21 +133,24 @@ def refinement_rows(
     return out
 
 
-def _prune(fit: GPFit) -> GPFit:
-    r"""`fit` with negligible particles at weight zero and those negligible in every
-    context dropped (:data:`PRUNE_WEIGHT`). Zeroing is per context, so a context's
-    predictive does not depend on its batch."""
-    if PRUNE_WEIGHT <= 0:
-        return fit
+def _compact(fit: GPFit) -> GPFit:
+    r"""`fit` for inference: negligible particles at weight zero, those negligible in
+    every context dropped (:data:`PRUNE_WEIGHT`), and the rest ordered Matérn first
+    (:func:`unit_kernel` then computes each kernel on a slice). Zeroing is per context,
+    so a context's predictive does not depend on its batch; the order does not change
+    the mixture."""
     log_w = fit.log_weights  # `b x J`
-    small = log_w < log_w.amax(-1, keepdim=True) + math.log(PRUNE_WEIGHT)
-    if not bool(small.any()):
-        return fit
-    log_w = torch.log_softmax(log_w.masked_fill(small, float("-inf")), dim=-1)
-    keep = (~small).any(0).nonzero().squeeze(-1)  # particles some context uses
+    keep_mask = torch.ones(log_w.shape[-1], dtype=torch.bool, device=log_w.device)
+    if PRUNE_WEIGHT > 0:
+        small = log_w < log_w.amax(-1, keepdim=True) + math.log(PRUNE_WEIGHT)
+        if bool(small.any()):
+            log_w = torch.log_softmax(log_w.masked_fill(small, float("-inf")), dim=-1)
+            keep_mask = (~small).any(0)  # particles some context uses
+    is_m = fit.matern.reshape(-1)
+    keep = torch.cat([(keep_mask & is_m).nonzero(), (keep_mask & ~is_m).nonzero()]).squeeze(-1)
     fields = {n: getattr(fit, n) for n in _GPFIT_FIELDS}
     fields["log_weights"] = log_w
-    if keep.numel() < log_w.shape[-1]:
+    if not torch.equal(keep, torch.arange(log_w.shape[-1], device=keep.device)):
         for n in _GPFIT_FIELDS:
             if n != "observed":  # `b x J ...` (matern: `1 x J x 1 x 1`)
                 fields[n] = fields[n].index_select(1, keep)
@@ -178,6 +181,10 @@ def unit_kernel(r2: Tensor, matern: Tensor) -> Tensor:
         return _matern52(r2)
     if not bool(is_m.any()):
         return torch.exp(-0.5 * r2)
+    nm = int(is_m.sum())
+    if bool(is_m[:nm].all()):  # Matérn particles first (inference fits): two slices
+        r2m, r2r = r2.split([nm, r2.shape[-3] - nm], dim=-3)
+        return torch.cat([_matern52(r2m), torch.exp(-0.5 * r2r)], dim=-3)
     im, ir = is_m.nonzero().squeeze(-1), (~is_m).nonzero().squeeze(-1)
     parts = torch.cat([_matern52(r2.index_select(-3, im)), torch.exp(-0.5 * r2.index_select(-3, ir))], dim=-3)
     order = torch.cat([im, ir]).argsort()  # back to the particles' order
@@ -329,7 +336,7 @@ class GPHead(nn.Module):
             fit = GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed, mean,
                         self._is_matern(X.device))  # fmt: skip
             if not self.training:
-                fit = _prune(fit)
+                fit = _compact(fit)
         return fit
 
     def _condition(
