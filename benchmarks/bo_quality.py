@@ -178,12 +178,15 @@ def parse_pfn_options(text) -> dict:
     return opts
 
 
-def pfn_model_kwargs(opts: dict, Y, train_Yvar=None) -> dict:
+def pfn_model_kwargs(opts: dict, Y, train_Yvar=None, previous=None) -> dict:
     r"""``PFNModel`` keyword arguments from the JSON options (dtype names -> dtypes,
-    a scalar ``train_Yvar`` -> a tensor like ``Y``)."""
+    a scalar ``train_Yvar`` -> a tensor like ``Y``, ``"warm_start": true`` -> the
+    previous iteration's model ``previous``, if any)."""
     import torch
 
     kw = dict(opts)
+    if kw.pop("warm_start", False) and previous is not None:
+        kw["warm_start"] = previous
     if isinstance(kw.get("network_dtype"), str):
         kw["network_dtype"] = getattr(torch, kw["network_dtype"].replace("torch.", ""))
     if "train_Yvar" in kw and kw["train_Yvar"] is not None:
@@ -260,6 +263,7 @@ def run_one(problem_name: str, method: str, seed: int, args, network, pfn_option
     X = bounds[0] + (bounds[1] - bounds[0]) * U
     Y = observe(X)
     iter_times, fit_times, proposals, at_boundary = [], [], [], []
+    state = {}  # the previous iteration's PFN model (for the warm_start option)
     torch.manual_seed(seed)
 
     def propose(X, Y, t0):
@@ -275,7 +279,9 @@ def run_one(problem_name: str, method: str, seed: int, args, network, pfn_option
             from botorch_community.models.prior_fitted_network import PFNModel
 
             Yvar = torch.full_like(Y, noise_std**2) if base == "pfn_logei_noisefree" else None
-            model = PFNModel(Xu, Y, model=network, **pfn_model_kwargs(pfn_options, Y, Yvar))
+            model = PFNModel(Xu, Y, model=network,
+                             **pfn_model_kwargs(pfn_options, Y, Yvar, state.get("model")))
+            state["model"] = model
             t_fit = time.perf_counter() - t0
             cls = (DiscretizedExpectedImprovement if base == "pfn_ei"
                    else DiscretizedLogExpectedImprovement)

@@ -116,7 +116,8 @@ QUICK = dict(ns=[20, 50], ds=[6, 12], settings=["4x64"], variants=["default", "g
 RETRY_MSG = "Trying again with a new set of initial conditions"
 SECOND_FAIL_MSG = "failed on the second try"
 METHOD_LABELS = {"gp": "SingleTaskGP + LogEI", "pfn_default": 'PFN (predictive="mixture")',
-                 "pfn_gp": 'PFN (predictive="gp")'}
+                 "pfn_gp": 'PFN (predictive="gp")',
+                 "pfn_warm": 'PFN (predictive="gp", warm_start)'}
 
 
 def parse_setting(s: str) -> tuple[int, int]:
@@ -227,13 +228,19 @@ class Bench:
             out.update(fit_s=t1 - t0, optimize_s=t2 - t1, total_s=t2 - t0,
                        fit_warnings=count_warnings(ws_fit))
         else:
-            predictive = {"pfn_default": "mixture", "pfn_gp": "gp"}[method]
+            predictive = {"pfn_default": "mixture", "pfn_gp": "gp", "pfn_warm": "gp"}[method]
+            warm = None
+            if method == "pfn_warm":  # the previous iteration's model (untimed)
+                warm = PFNModel(X[:-1], Y[:-1], model=self.net, network_dtype=self.ndt,
+                                predictive=predictive)
+                with warm.cache_training_context(), torch.no_grad():
+                    warm.posterior(X[:1])
             with warnings.catch_warnings(record=True) as ws:
                 warnings.simplefilter("always")
                 self._sync()
                 t0 = time.perf_counter()
                 model = PFNModel(X, Y, model=self.net, network_dtype=self.ndt,
-                                 predictive=predictive)
+                                 predictive=predictive, warm_start=warm)
                 acqf = DiscretizedLogExpectedImprovement(model, best_f=Y.max())
                 counting(acqf, counts)
                 self._sync()
@@ -304,8 +311,10 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=None,
                    help="optimize_acqf settings NUM_RESTARTSxRAW_SAMPLES (default 10x512 "
                         "32x1024; --quick 4x64)")
-    p.add_argument("--variants", nargs="+", default=None, choices=["default", "gp"],
-                   help="PFN variants (default both); the GP baseline always runs")
+    p.add_argument("--variants", nargs="+", default=None, choices=["default", "gp", "warm"],
+                   help="PFN variants (default: default and gp; warm: gp with "
+                   "warm_start= the model of the first n - 1 rows, built untimed); the GP "
+                   "baseline always runs")
     p.add_argument("--repeats", type=int, default=None, help="timed iterations (default 3)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed iterations per (d, n, setting, method) first (default 1)")
@@ -427,7 +436,8 @@ def render(results: list[dict], args, header: dict) -> str:
         + C.markdown_table(cols, rows)
         + "\n\nPFN: build = `PFNModel` + `DiscretizedLogExpectedImprovement`; encode = first "
         "posterior call in `cache_training_context()`; optimise = `optimize_acqf` in that "
-        "block. variant `gp` = `PFNModel(..., predictive=\"gp\")`. GP: fit = "
+        "block. variant `gp` = `PFNModel(..., predictive=\"gp\")`; `warm` = the same with "
+        "`warm_start=` a model of the first n - 1 rows (built and encoded untimed). GP: fit = "
         "`SingleTaskGP(X, Y, outcome_transform=Standardize(1))` + `fit_gpytorch_mll`; "
         "optimise = `LogExpectedImprovement` + `optimize_acqf`. Calls: forward calls of the "
         "acquisition function (those with gradients: L-BFGS-B steps); retr. = BoTorch "
@@ -448,7 +458,8 @@ def plot(results: list[dict], path: Path, args) -> None:
     ds, ss = list(args.ds), list(args.settings)
     fig, axes = plt.subplots(len(ds), len(ss), figsize=(5.2 * len(ss), 3.9 * len(ds)),
                              squeeze=False, sharex=True)
-    styles = {"gp": ("k", "^"), "pfn_default": ("C0", "o"), "pfn_gp": ("C1", "s")}
+    styles = {"gp": ("k", "^"), "pfn_default": ("C0", "o"), "pfn_gp": ("C1", "s"),
+              "pfn_warm": ("C2", "D")}
     methods = ["gp"] + [f"pfn_{v}" for v in args.variants]
     for i, d in enumerate(ds):
         for j, s in enumerate(ss):

@@ -60,6 +60,9 @@ class PFNConfig:
             quarter with the largest targets, the rest spread over the others); the
             refined particles are conditioned on all rows. Caps the refinement's cost
             at `O(gp_refine_max_rows^3)` per step for large contexts.
+        gp_refine_warm_steps: Adam steps of the refinement when it starts from the
+            particles of an earlier fit (``PFNModel(..., warm_start=previous_model)``)
+            instead of the network's proposals.
         gp_constant_mean: Each GP particle gets the constant prior mean that maximises
             its marginal likelihood (generalised least squares) instead of zero (the
             context's mean). An inference setting.
@@ -80,6 +83,7 @@ class PFNConfig:
     gp_refine_steps: int = 0
     gp_refine_min_context: int = 20
     gp_refine_max_rows: int = 200
+    gp_refine_warm_steps: int = 6
     gp_constant_mean: bool = False
 
     def __post_init__(self) -> None:
@@ -100,7 +104,7 @@ class PFNConfig:
                         f"got {value!r}."
                     )
             else:  # integer sizes and settings
-                low = 0 if f.name == "gp_refine_steps" else 1
+                low = 0 if f.name in ("gp_refine_steps", "gp_refine_warm_steps") else 1
                 high = _MAX.get(f.name, 10**6)
                 if not _is_int(value) or not low <= value <= high:
                     raise ValueError(
@@ -122,7 +126,8 @@ class PFNConfig:
                 for name in (flag, *extra):
                     out.pop(name)
         if not self.gp_refine_steps:
-            for name in ("gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows"):
+            for name in ("gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
+                         "gp_refine_warm_steps"):
                 out.pop(name, None)
         if not self.gp_constant_mean:
             out.pop("gp_constant_mean", None)
@@ -171,11 +176,11 @@ _OPTION_FIELDS = {
     "metric_attention": (),
     "noise_hint": (),
     "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
-                "gp_constant_mean"),
+                "gp_refine_warm_steps", "gp_constant_mean"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
-                     "gp_refine_max_rows", "gp_constant_mean")  # fmt: skip
+                     "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

@@ -73,6 +73,9 @@ class GPFit:
         observed: `b x n`, 1 for a known target, 0 for a missing one.
         mean: `b x J` constant prior means (zero unless the head fits them).
         matern: `1 x J x 1 x 1` bool, the particles' kernels (Matérn-5/2 or RBF).
+        theta: `b x J x (d + 2)` the raw particles as fitted (log lengthscales before
+            the `sqrt(d)` scaling, log outputscale, log noise), in the network's
+            particle order and never pruned: a warm start for the next fit.
     """
 
     Z: Tensor
@@ -85,13 +88,14 @@ class GPFit:
     observed: Tensor
     mean: Tensor
     matern: Tensor
+    theta: Tensor
 
     def tensors(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, n) for n in _GPFIT_FIELDS)
 
 
 _GPFIT_FIELDS = ("Z", "inv_lengthscale", "outputscale", "noise", "L", "alpha", "log_weights",
-                 "observed", "mean", "matern")  # fmt: skip
+                 "observed", "mean", "matern", "theta")  # fmt: skip
 
 
 def refinement_rows(
@@ -152,7 +156,7 @@ def _compact(fit: GPFit) -> GPFit:
     fields["log_weights"] = log_w
     if not torch.equal(keep, torch.arange(log_w.shape[-1], device=keep.device)):
         for n in _GPFIT_FIELDS:
-            if n != "observed":  # `b x J ...` (matern: `1 x J x 1 x 1`)
+            if n not in ("observed", "theta"):  # `b x J ...` (matern: `1 x J x 1 x 1`)
                 fields[n] = fields[n].index_select(1, keep)
     return GPFit(**fields)
 
@@ -275,6 +279,7 @@ class GPHead(nn.Module):
         refine_max_rows: Optional[int] = None,
         known_noise: Optional[Tensor] = None,
         constant_mean: bool = False,
+        init_particles: Optional[Tensor] = None,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -301,6 +306,10 @@ class GPHead(nn.Module):
                 cluster where the targets are high, so their sample mean (zero after
                 standardising) overstates the level far from the data; the GLS mean
                 discounts clustered rows.
+            init_particles: `b x J x (d + 2)` raw particles (a fit's ``theta``) to start
+                the refinement from instead of the network's proposals, e.g. those of
+                the previous BO iteration's fit (warm start; contexts that are not
+                refined keep the proposals).
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -321,8 +330,17 @@ class GPHead(nn.Module):
             y = torch.nan_to_num(y, nan=0.0)
             known = None if known_noise is None else known_noise.to(f64).reshape(b, n)
             if refine_steps > 0 and not self.training:
-                theta = self._refine(theta, X, y, observed, refine_steps, refine_min_context,
-                                     refine_max_rows, known, constant_mean)  # fmt: skip
+                start = theta
+                if init_particles is not None:
+                    if init_particles.shape != theta.shape:
+                        raise ValueError(
+                            f"init_particles has shape {tuple(init_particles.shape)}; this "
+                            f"fit's particles have {tuple(theta.shape)} (batch x particles "
+                            "x (d + 2)): a warm start needs the same batch, d and network."
+                        )
+                    start = init_particles.to(theta).detach()
+                theta = self._refine(start, X, y, observed, refine_steps, refine_min_context,
+                                     refine_max_rows, known, constant_mean, fallback=theta)  # fmt: skip
             (Z, inv_ls, os, noise, L, alpha, mean), lml = self._condition(
                 theta, X, y, observed, known, constant_mean
             )
@@ -334,7 +352,7 @@ class GPHead(nn.Module):
                 noise = torch.where(obs_known.unsqueeze(-1), typical.unsqueeze(-1), noise)
             log_w = torch.log_softmax(logit + lml, dim=-1)
             fit = GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed, mean,
-                        self._is_matern(X.device))  # fmt: skip
+                        self._is_matern(X.device), theta.detach())  # fmt: skip
             if not self.training:
                 fit = _compact(fit)
         return fit
@@ -413,6 +431,7 @@ class GPHead(nn.Module):
         max_rows: Optional[int] = None,
         known_noise: Optional[Tensor] = None,
         constant_mean: bool = False,
+        fallback: Optional[Tensor] = None,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -432,14 +451,18 @@ class GPHead(nn.Module):
             theta: `b x J x (d + 2)` raw particles (float64).
             X, y, observed: The context, `b x n x d`, `b x n`, `b x n` (float64).
 
+            fallback: The particles of the contexts that are not refined (default:
+                `theta`).
+
         Returns:
             `b x J x (d + 2)`: the refined particles (detached from the network) where
-            refined, `theta` elsewhere.
+            refined, `fallback` elsewhere.
         """
+        fallback = theta if fallback is None else fallback
         n_obs = observed.sum(-1)  # `b`
         todo = n_obs >= min_context
         if not bool(todo.any()):
-            return theta
+            return fallback
         # A graph of its own, even under no_grad or inference_mode (posterior calls).
         with torch.inference_mode(False), torch.enable_grad():
             # the refined particles are constants of the context for gradients (as a
@@ -460,9 +483,9 @@ class GPHead(nn.Module):
                 (-(lml / per_obs).sum()).backward()
                 opt.step()
             refined = p.detach()
-        full = theta.detach().clone()
+        full = fallback.detach().clone()
         full[todo] = refined
-        return torch.where(todo.view(-1, 1, 1), full, theta)
+        return torch.where(todo.view(-1, 1, 1), full, fallback)
 
     def _is_matern(self, device: torch.device) -> Tensor:
         return (torch.arange(self.particles, device=device) % 2 == 0).view(1, -1, 1, 1)

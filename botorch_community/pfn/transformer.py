@@ -359,17 +359,26 @@ class PFNTransformer(nn.Module):
         context_X: Tensor,
         context_Y: Tensor,
         context_Yvar: Optional[Tensor] = None,
+        gp_init: Optional[Tensor] = None,
     ) -> Optional[GPFit]:
         r"""The GP head's fit to flattened contexts (`b x e`, `b x n x d`, `b x n x 1`,
         known noise variances `b x n x 1` or None); None without the head or for an
-        empty context."""
+        empty context. `gp_init` (`b x J x (d + 2)`, or `1 x ...` for every context): a
+        warm start of the refinement (``gp_refine_warm_steps`` steps instead of
+        ``gp_refine_steps``)."""
         if not self.gp_head or context_X.shape[-2] == 0:
             return None
         c = self.config
-        return self.gp.fit(token, context_X, context_Y, c.gp_refine_steps,
+        steps = c.gp_refine_steps
+        if gp_init is not None and steps > 0:
+            steps = c.gp_refine_warm_steps
+            if gp_init.shape[0] == 1 and token.shape[0] > 1:
+                gp_init = gp_init.expand(token.shape[0], *gp_init.shape[1:])
+        return self.gp.fit(token, context_X, context_Y, steps,
                            c.gp_refine_min_context, c.gp_refine_max_rows,
                            known_noise=context_Yvar,
-                           constant_mean=c.gp_constant_mean)  # fmt: skip
+                           constant_mean=c.gp_constant_mean,
+                           init_particles=gp_init)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:
@@ -401,6 +410,7 @@ class PFNTransformer(nn.Module):
         test_Y: Optional[Tensor] = None,
         gp_borders: Optional[Tensor] = None,
         gp_observation_noise: bool = True,
+        gp_init: Optional[Tensor] = None,
     ) -> Tensor:
         r"""Logits of the predictive bar distribution at `test_X` (or, given `test_Y`,
         the NLL of those targets: the training loss).
@@ -423,6 +433,8 @@ class PFNTransformer(nn.Module):
                 :meth:`predict`).
             gp_observation_noise: With `gp_borders`: the mixture of noisy targets
                 (True) or of the latent function.
+            gp_init: A warm start of the GP head's refinement (see
+                :meth:`encode_context`; ignored when `kv_cache` is given).
 
         Returns:
             `b x m x num_buckets` logits, or with `test_Y` the `b x m` NLLs.
@@ -445,7 +457,7 @@ class PFNTransformer(nn.Module):
         cX, cY, qX = train_X.reshape(b, n, d), train_Y.reshape(b, n, 1), test_X.reshape(b, m, d)
         token, h, _, _ = self._run_layers(h, cX, qX)
         cYvar = None if train_Yvar is None else train_Yvar.reshape(b, n, 1)
-        fit = self._fit_gp(token, cX, cY, cYvar)
+        fit = self._fit_gp(token, cX, cY, cYvar, gp_init)
         if test_Y is None:
             if gp_borders is not None and fit is not None:
                 log_q = self.gp.mixture_log_probs(fit, qX, gp_borders, gp_observation_noise)
@@ -531,7 +543,11 @@ class PFNTransformer(nn.Module):
     # ------------------------------------------------------------------- cached
     @torch.no_grad()
     def encode_context(
-        self, train_X: Tensor, train_Y: Tensor, train_Yvar: Optional[Tensor] = None
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        train_Yvar: Optional[Tensor] = None,
+        gp_init: Optional[Tensor] = None,
     ) -> KVCache:
         r"""Run the training context through the network once.
 
@@ -544,6 +560,8 @@ class PFNTransformer(nn.Module):
             train_Y: `batch_shape x n x 1`; NaN marks a missing target.
             train_Yvar: `batch_shape x n x 1` known noise variances (NaN: unknown), for
                 networks with ``noise_hint``.
+            gp_init: Raw GP particles to warm-start the GP head's refinement from (the
+                ``theta`` of an earlier fit, `prod(batch_shape) x J x (d + 2)`).
 
         Returns:
             A :class:`KVCache` with per-layer keys/values of the `n + 1` context tokens.
@@ -556,7 +574,7 @@ class PFNTransformer(nn.Module):
         cX = train_X.reshape(b, n, d)
         token, _, keys, values = self._run_layers(h, cX)
         cYvar = None if train_Yvar is None else train_Yvar.reshape(b, n, 1)
-        fit = self._fit_gp(token, cX, train_Y.reshape(b, n, 1), cYvar)
+        fit = self._fit_gp(token, cX, train_Y.reshape(b, n, 1), cYvar, gp_init)
         return self._make_cache(keys, values, batch_shape, cX, fit)
 
     def extend_context(
