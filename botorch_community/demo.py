@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
     Y = problem(X).unsqueeze(-1)
     iter_times = []
     bar = tqdm(range(args.iterations), desc="BO on Hartmann-6", unit="it")
+    model = None
     for i in bar:
         t0 = time.perf_counter()
-        model = PFNModel(X, Y, model=network)
+        # warm start: the GP particles' refinement continues from the last iteration's
+        model = PFNModel(X, Y, model=network, warm_start=model)
         candidate = _optimize(
             model, bounds, Y.max(), args.restarts, args.raw_samples, args.seed + i
         )

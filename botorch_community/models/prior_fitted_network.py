@@ -189,10 +189,10 @@ class PFNModel(Model):
                 about a GP posterior). ``"mixture"``: the network's output (its bar
                 distribution with the GP head's mixture mixed in). None (default):
                 ``"gp"`` for a network with a GP head (the shipped one), else
-                ``"mixture"``. In the BO suite (15 problems, 6 seeds) both won 46 of 90
-                paired seeds against ``SingleTaskGP`` + qLogNEI, ``"gp"`` at 2.3-4.9x
-                less time per iteration; ``"mixture"`` is 0.2 nats better on prior
-                data. An empty context always uses the network's output.
+                ``"mixture"``. ``"gp"`` is the one measured in BO
+                (``benchmarks/RESULTS.md`` section 8) and costs 2-5x less per
+                iteration; ``"mixture"`` is 0.2 nats better on prior data. An empty
+                context always uses the network's output.
             warm_start: A model on the same network (typically the previous BO
                 iteration's, whose context this one extends) that has computed a
                 posterior: the GP head's refinement starts from its fitted particles
