@@ -15,6 +15,12 @@ while no observed point is feasible. :class:`PFNAcquisition` replaces the noisy 
 * several objectives: ``qLogExpectedHypervolumeImprovement`` on the Pareto front of the
   posterior means at the observations (BoTorch's input constructor).
 
+It also carries the warm start of the README's loop across Ax's generations: Ax refits
+the same ``Surrogate`` every generation with a new model, so the PFN models' fitted GP
+particles are kept on that surrogate after each generation's optimization
+(``_pfn_fitted_particles``, one entry per PFN submodel) and the next generation's models
+start their refinement from them (:meth:`PFNModel.warm_start_from`).
+
 The noisy variants sample the joint posterior of every observed point with the
 candidates at each call, because a GP's posterior couples them; a PFN's marginal
 predictive at the observations is a constant of the generation, so the plug-in variants
@@ -93,6 +99,8 @@ class PFNAcquisition(Acquisition):
         n: int | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
+        self._pfn_surrogate = surrogate
+        _warm_start_models(surrogate)
         if not botorch_acqf_classes_with_options:
             chosen = pfn_acquisition_class(botorch_acqf_class, torch_opt_config)
             if chosen is not botorch_acqf_class:
@@ -109,6 +117,15 @@ class PFNAcquisition(Acquisition):
             n=n,
             options=options,
         )
+
+    def optimize(self, *args: Any, **kwargs: Any) -> Any:
+        r"""Ax's optimization; then the PFN models' fitted particles are kept on the
+        surrogate for the next generation's warm start."""
+        out = super().optimize(*args, **kwargs)
+        models = _pfn_models(self._pfn_surrogate)
+        if models:
+            self._pfn_surrogate._pfn_fitted_particles = [m.fitted_particles for m in models]
+        return out
 
     def _construct_botorch_acquisition(
         self, botorch_acqf_class: type, botorch_acqf_options: dict[str, Any], model: Any
@@ -150,3 +167,27 @@ class PFNAcquisition(Acquisition):
             constraints=get_outcome_constraint_transforms(self._outcome_constraints),
             model=model,
         )
+
+
+def _pfn_models(surrogate: Any) -> list:
+    r"""The ``PFNModel`` s behind an Ax surrogate (one per metric in a ``ModelList``)."""
+    from botorch_community.models.prior_fitted_network import PFNModel
+
+    model = getattr(surrogate, "_model", None)
+    if isinstance(model, PFNModel):
+        return [model]
+    return [m for m in getattr(model, "models", []) if isinstance(m, PFNModel)]
+
+
+def _warm_start_models(surrogate: Any) -> None:
+    r"""Start the surrogate's PFN models' refinement from the particles the previous
+    generation's models fitted (kept on the surrogate by :meth:`PFNAcquisition.optimize`),
+    where they match (same position and `d`)."""
+    previous = getattr(surrogate, "_pfn_fitted_particles", None)
+    if not previous:
+        return
+    for model, theta in zip(_pfn_models(surrogate), previous):
+        if theta is None or model._gp_init is not None:
+            continue
+        if theta.shape[-1] == model.train_X.shape[-1] + 2 and theta.shape[0] == model.ensemble_size:
+            model.warm_start_from(theta)

@@ -609,3 +609,28 @@ def test_mixed_parameters_and_noisy_observations_with_sems(no_gp_fit):
     model = pfn_models(client)[0]
     assert model.train_Yvar is not None  # the SEMs reach the PFN as known noise
     assert isinstance(_acqf(client), DiscretizedLogExpectedImprovement)
+
+
+def test_generations_warm_start_the_gp_particles(no_gp_fit):
+    r"""Ax refits the same surrogate each generation with a new model: the PFN models of
+    a generation start their GP refinement from the particles the previous generation's
+    models fitted (the README loop's warm start), which the acquisition keeps on the
+    surrogate."""
+    network = random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=64,
+                         gp_head=True, gp_particles=2, gp_refine_steps=4,
+                         gp_refine_min_context=3, gp_refine_warm_steps=2)  # fmt: skip
+    bax.register_network("test-gp-pfn", network)
+    gs = bax.pfn_generation_strategy(num_sobol=4, network="test-gp-pfn",
+                                     optimizer_options=SMALL_OPT, seed=0)  # fmt: skip
+    client = make_client(gs)
+    run(client, 5, {"f": bowl})  # 4 Sobol + the first PFN generation: nothing to start from
+    surrogate = client._generation_strategy.adapter.generator.surrogate
+    (first,) = pfn_models(client)
+    assert first._gp_init is None
+    kept = surrogate._pfn_fitted_particles
+    assert len(kept) == 1 and torch.equal(kept[0], first.fitted_particles)
+    run(client, 1, {"f": bowl})  # the second PFN generation
+    assert client._generation_strategy.adapter.generator.surrogate is surrogate
+    (second,) = pfn_models(client)
+    assert second is not first and torch.equal(second._gp_init, kept[0])
+    assert not torch.equal(surrogate._pfn_fitted_particles[0], kept[0])  # refit, kept anew

@@ -310,6 +310,26 @@ class PFNModel(Model):
             )
         return theta.clone()
 
+    def warm_start_from(self, particles: Optional[Tensor]) -> None:
+        r"""Start the GP head's refinement from `particles` (another model's
+        :attr:`fitted_particles` on the same network and `d`; None: from the network's
+        proposals), as the `warm_start` argument does. For integrations that cannot pass
+        the previous model at construction (Ax). Drops a held cache.
+
+        Raises:
+            ValueError: `particles` do not have `d + 2` entries per particle.
+        """
+        if particles is not None:
+            d = self.train_X.shape[-1]
+            if particles.dim() != 3 or particles.shape[-1] != d + 2:
+                raise ValueError(
+                    f"warm-start particles must be `b x J x (d + 2)` with d={d}, got shape "
+                    f"{tuple(particles.shape)}."
+                )
+            particles = particles.detach().clone()
+        self._gp_init = particles
+        self.clear_cache()
+
     # ---------------------------------------------------------------- properties
     @property
     def fitted_particles(self) -> Optional[Tensor]:
