@@ -245,7 +245,9 @@ def pfn_generation_strategy(
     it keeps Ax's defaults: a centre point, then Sobol trials, then the modular BoTorch
     generator ("MBM") with Ax's transforms and transition rules. Only the surrogate
     (:func:`pfn_model_config`) and, by default, the acquisition (:class:`PFNAcquisition`)
-    are the PFN's.
+    are the PFN's. With :class:`PFNAcquisition` each generation's models warm-start the
+    GP head's refinement from the previous generation's fit, as the README's BoTorch loop
+    does with ``warm_start=``.
 
     Args:
         num_sobol: Initialization budget: quasi-random trials, the centre point included
