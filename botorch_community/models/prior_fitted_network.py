@@ -271,16 +271,17 @@ class PFNModel(Model):
         self._cache_depth = 0  # nesting level of `cache_training_context()`
         self.num_encodings = 0  # how many times a context was encoded (diagnostics)
         self._fitted_particles: Optional[Tensor] = None  # see `fitted_particles`
-        self._gp_init = self._warm_start_particles(warm_start, network, d)
+        self._gp_init: Optional[Tensor] = None  # where the GP refinement starts
+        self.warm_start_from(self._warm_start_particles(warm_start, network))
         self._warned_outside_cube = False
         if input_transform is None:
             self._warn_outside_cube(train_X, stacklevel=3)
 
     @staticmethod
     def _warm_start_particles(
-        warm_start: Optional["PFNModel"], network: PFNTransformer, d: int
+        warm_start: Optional["PFNModel"], network: PFNTransformer
     ) -> Optional[Tensor]:
-        r"""The particles to start the GP head's refinement from (see `warm_start`)."""
+        r"""The fitted particles of `warm_start` (see the argument), or None."""
         if warm_start is None:
             return None
         if not isinstance(warm_start, PFNModel):
@@ -302,13 +303,7 @@ class PFNModel(Model):
                 UserWarning,
                 stacklevel=3,
             )
-            return None
-        if theta.shape[-1] != d + 2:
-            raise ValueError(
-                f"warm_start was fitted to d={theta.shape[-1] - 2} inputs; this model has "
-                f"d={d}."
-            )
-        return theta.clone()
+        return theta
 
     def warm_start_from(self, particles: Optional[Tensor]) -> None:
         r"""Start the GP head's refinement from `particles` (another model's
@@ -317,14 +312,14 @@ class PFNModel(Model):
         the previous model at construction (Ax). Drops a held cache.
 
         Raises:
-            ValueError: `particles` do not have `d + 2` entries per particle.
+            ValueError: `particles` are not `b x J x (d + 2)` for this model's `d`.
         """
         if particles is not None:
             d = self.train_X.shape[-1]
             if particles.dim() != 3 or particles.shape[-1] != d + 2:
                 raise ValueError(
-                    f"warm-start particles must be `b x J x (d + 2)` with d={d}, got shape "
-                    f"{tuple(particles.shape)}."
+                    f"The warm-start particles (shape {tuple(particles.shape)}) were fitted "
+                    f"to d={particles.shape[-1] - 2} inputs; this model has d={d}."
                 )
             particles = particles.detach().clone()
         self._gp_init = particles

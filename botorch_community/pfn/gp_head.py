@@ -506,10 +506,11 @@ class GPHead(nn.Module):
         with torch.autocast(query_X.device.type, enabled=False):
             _, mu, v = self._conditioned(fit, query_X)
             os = fit.outputscale.unsqueeze(-1)
+            var = os - v.square().sum(-2)
             if observation_noise:
-                var = (os - v.square().sum(-2)).clamp_min(0.0) + fit.noise.unsqueeze(-1)
+                var = var.clamp_min(0.0) + fit.noise.unsqueeze(-1)
             else:  # floored at the jitter: a finite sd and gradient at the observations
-                var = (os - v.square().sum(-2)).clamp_min(0.0).clamp_min(GP_JITTER * os)
+                var = var.clamp_min(GP_JITTER * os)
         return mu, var
 
     def _conditioned(self, fit: GPFit, query_X: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -42,6 +42,15 @@ def _reference_kernels(j, ls, os, noise, X, Xq):
         return K, kern(Xq, X).to_dense() * os[j], kern(Xq).to_dense() * os[j]
 
 
+def _reference_head():
+    r"""`(d, ls, os, noise, head)`: a head of two fixed particles with distinct ARD
+    lengthscales, outputscales and noise levels (for comparisons with gpytorch)."""
+    d = 3
+    ls = [[0.3, 0.5, 0.8], [0.4, 0.2, 1.0]]
+    os, noise = [1.3, 0.7], [1e-3, 0.05]
+    return d, ls, os, noise, _head_with(ls, os, noise, d)
+
+
 def _data(n=7, d=3, b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.rand(b, n, d, generator=g, dtype=torch.float64)
@@ -51,10 +60,7 @@ def _data(n=7, d=3, b=2, seed=0):
 
 
 def test_particles_are_exact_gps_weighted_by_marginal_likelihood():
-    d = 3
-    ls = [[0.3, 0.5, 0.8], [0.4, 0.2, 1.0]]
-    os, noise = [1.3, 0.7], [1e-3, 0.05]
-    head = _head_with(ls, os, noise, d)
+    d, ls, os, noise, head = _reference_head()
     X, Y, Xq = _data(d=d)
     fit = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y)
     mu, var = head.predict(fit, Xq)  # `b x J x m`
@@ -76,10 +82,7 @@ def test_constant_mean_is_the_marginal_likelihood_maximiser():
     maximises its marginal likelihood (the GLS estimate, as a fitted ConstantMean):
     predictions equal the reference GP's with that mean, the weights use the profiled
     likelihood, and no other constant gives a higher one."""
-    d = 3
-    ls = [[0.3, 0.5, 0.8], [0.4, 0.2, 1.0]]
-    os, noise = [1.3, 0.7], [1e-3, 0.05]
-    head = _head_with(ls, os, noise, d)
+    d, ls, os, noise, head = _reference_head()
     X, Y, Xq = _data(d=d, n=9)
     Y = Y + 0.4  # a context whose GLS mean is not zero
     fit = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y, constant_mean=True)
@@ -388,10 +391,7 @@ def test_known_noise_replaces_the_particles_noise():
 def test_mixture_correlation_is_the_particle_mixtures_joint_covariance():
     r"""Against gpytorch's kernels: each particle's joint predictive covariance of noisy
     targets at q points, mixed with the particles' weights (law of total covariance)."""
-    d = 3
-    ls = [[0.3, 0.5, 0.8], [0.4, 0.2, 1.0]]
-    os, noise = [1.3, 0.7], [1e-3, 0.05]
-    head = _head_with(ls, os, noise, d)
+    d, ls, os, noise, head = _reference_head()
     X, Y, Xq = _data(d=d)
     fit = head.fit(torch.zeros(2, 8, dtype=torch.float64), X, Y)
     R = head.mixture_correlation(fit, Xq)  # `b x q x q`
