@@ -636,16 +636,16 @@ def test_large_candidate_batches_are_chunked_exactly_shipped(shipped, monkeypatc
         whole = m.posterior(cand).probabilities
         monkeypatch.setattr(T, "PREDICT_CHUNK_QUERIES", 16)
         sizes = []
-        real = T.PFNTransformer._predict_queries
+        real = T.GPHead.mixture  # the shipped network's default predictive
 
-        def spy(self, h, *args, **kwargs):
-            sizes.append(h.shape[-2])  # queries whose temporaries are alive at once
-            return real(self, h, *args, **kwargs)
+        def spy(self, fit, query_X, *args, **kwargs):
+            sizes.append(query_X.shape[-2])  # queries whose temporaries are alive at once
+            return real(self, fit, query_X, *args, **kwargs)
 
-        monkeypatch.setattr(T.PFNTransformer, "_predict_queries", spy)
+        monkeypatch.setattr(T.GPHead, "mixture", spy)
         m.clear_cache()
         chunked = m.posterior(cand).probabilities
-    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-13)  # round-off of BLAS sizes
     assert max(sizes) <= 16 and sum(sizes) == 3 * 37  # bounded working set, all queries
 
 

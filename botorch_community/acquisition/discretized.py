@@ -53,6 +53,7 @@ from botorch.utils.transforms import (
     average_over_ensemble_models,
     t_batch_mode_transform,
 )
+from botorch_community.posteriors.gaussian_mixture import GaussianMixtureRiemannPosterior
 from botorch_community.posteriors.riemann import BoundedRiemannPosterior
 from torch import Tensor
 
@@ -380,6 +381,11 @@ class DiscretizedExpectedImprovement(_ThresholdMixin, DiscretizedAcquisitionFunc
             best_f = posterior_mean_incumbent(model, posterior_transform, maximize)
         self.register_buffer("best_f", _check_best_f(best_f))
 
+    def _evaluate(self, posterior: BoundedRiemannPosterior) -> Tensor:
+        if isinstance(posterior, GaussianMixtureRiemannPosterior):  # no buckets needed
+            return posterior.expected_improvement(self._threshold(posterior.means))
+        return super()._evaluate(posterior)
+
     def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:
         r"""Bucket integrals :math:`\int_l^u \max(z - f^*, 0) dz`."""
         return _improvement_integral(
@@ -462,6 +468,9 @@ class DiscretizedLogExpectedImprovement(DiscretizedExpectedImprovement):
         self.tail_scale = tail_scale
 
     def _evaluate(self, posterior: BoundedRiemannPosterior) -> Tensor:
+        if isinstance(posterior, GaussianMixtureRiemannPosterior):
+            # the mixture's own log EI: finite wherever its Gaussians reach (always)
+            return posterior.log_expected_improvement(self._threshold(posterior.means))
         probs = posterior.probabilities  # batch x q x B
         lower, upper = posterior.lower_borders, posterior.upper_borders
         width = upper - lower
@@ -601,6 +610,11 @@ class DiscretizedProbabilityOfImprovement(
         if best_f is None:
             best_f = posterior_mean_incumbent(model, posterior_transform, maximize)
         self.register_buffer("best_f", _check_best_f(best_f))
+
+    def _evaluate(self, posterior: BoundedRiemannPosterior) -> Tensor:
+        if isinstance(posterior, GaussianMixtureRiemannPosterior):
+            return posterior.probability_of_improvement(self._threshold(posterior.means))
+        return super()._evaluate(posterior)
 
     def ag_integrate(self, lower_bound: Tensor, upper_bound: Tensor) -> Tensor:
         r"""Bucket integrals :math:`\int_l^u \mathbb{1}[z > f^*] dz`."""

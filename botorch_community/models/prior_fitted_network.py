@@ -41,7 +41,12 @@ from botorch_community.pfn.symmetries import (
     input_symmetries,
     num_input_symmetries,
 )
+from botorch_community.pfn.gp_head import GPMixture
 from botorch_community.pfn.transformer import PFNTransformer
+from botorch_community.posteriors.gaussian_mixture import (
+    GaussianMixtureRiemannPosterior,
+    IncreasingOutcomeMap,
+)
 from botorch_community.posteriors.riemann import (
     BoundedRiemannPosterior,
     MultivariateRiemannPosterior,
@@ -753,22 +758,22 @@ class PFNModel(Model):
             borders in user units (the network's borders, or with ``predictive="gp"``
             those of :meth:`_gp_borders`, mapped by the context's :class:`TargetMap`).
         """
+        mixture = self._mixture_posterior(X, pending_X, negate_train_ys, observation_noise)
+        if mixture is not None:  # the GP head's mixture on its own borders
+            return mixture.probabilities.log(), mixture.borders
         if not X.is_floating_point():  # e.g. integer grids: the training inputs' dtype
             X = X.to(self.train_X)
         X_t = self._prepare_X(X)
         ctx = self._context(pending_X, negate_train_ys)
-        gp_borders = self._gp_borders(ctx)
-        borders = ctx.target_map.inverse(
-            (self.pfn.borders if gp_borders is None else gp_borders).to(X)
-        )
+        borders = ctx.target_map.inverse(self.pfn.borders.to(X))
         _check_borders(borders, ctx.target_map)
         if self.ensemble_size > 1:
-            return self._ensemble_logits(X_t, ctx, gp_borders, observation_noise).to(X), borders
+            return self._ensemble_logits(X_t, ctx).to(X), borders
         with _eval_mode(self.pfn):
             net, state = self._network_and_state()
             if self._caching:
                 cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
-                logits = net.predict(X_t, cache, gp_borders, observation_noise)
+                logits = net.predict(X_t, cache)
             else:
                 # Reference path: the context goes with every test batch element.
                 X_b = X_t.reshape(-1, *X_t.shape[-2:])  # `b x q x d`
@@ -777,27 +782,111 @@ class PFNModel(Model):
                 logits = net(
                     ctx.X.expand(b, *ctx.X.shape), ctx.Y.expand(b, *ctx.Y.shape), X_b,
                     train_Yvar=Yvar,
-                    gp_borders=gp_borders,
-                    gp_observation_noise=observation_noise,
                     gp_init=self._gp_init,
                 ).reshape(*X_t.shape[:-1], -1)
                 self.num_encodings += 1
         return logits.to(X), borders
 
-    def _ensemble_logits(
+    def _mixture_posterior(
         self,
-        X_t: Tensor,
-        ctx: "_Context",
-        gp_borders: Optional[Tensor] = None,
+        X: Tensor,
+        pending_X: Optional[Tensor] = None,
+        negate_train_ys: bool = False,
         observation_noise: bool = True,
-    ) -> Tensor:
-        r"""Logits of the ensemble's averaged bar distribution (see `ensemble_size`).
+    ) -> Optional[GaussianMixtureRiemannPosterior]:
+        r"""The GP head's predictive at `X` as a Gaussian mixture (``predictive="gp"``
+        and a non-empty context; else None), in the user's units.
+
+        The mixture lives on the network's target axis; the context's
+        :class:`TargetMap` takes it to the user's units (affine, or the inverse warp),
+        and its buckets are those of :meth:`_gp_borders`.
+
+        Args:
+            X: `b? x q x d` untransformed inputs (at least 2-dim).
+            pending_X, negate_train_ys, observation_noise: See :meth:`pfn_logits`.
+
+        Returns:
+            A `b? x q` :class:`GaussianMixtureRiemannPosterior` (in `X`'s dtype), or
+            None.
+        """
+        if self.predictive != "gp":
+            return None
+        if not X.is_floating_point():  # e.g. integer grids: the training inputs' dtype
+            X = X.to(self.train_X)
+        X_t = self._prepare_X(X)
+        ctx = self._context(pending_X, negate_train_ys)
+        gp_borders = self._gp_borders(ctx)
+        if gp_borders is None:
+            return None
+        tmap = ctx.target_map
+        _check_borders(tmap.inverse(gp_borders.to(X)), tmap)
+        mix = self._gp_mixture(X_t, ctx, observation_noise)  # `b? x q x J` fields
+        outcome_map = IncreasingOutcomeMap(
+            tmap.inverse, tmap.forward,
+            base_affine=None if tmap.warped else (tmap.std.to(X), tmap.mean.to(X)),
+            base_knots=tmap.latent_knots,
+        )  # fmt: skip
+        return GaussianMixtureRiemannPosterior(
+            means=mix.mean.to(X),
+            stds=mix.var.sqrt().to(X),
+            log_weights=mix.log_weights.to(X),
+            latent_borders=gp_borders.to(X),
+            outcome_map=outcome_map,
+        )
+
+    def _gp_mixture(self, X_t: Tensor, ctx: "_Context", observation_noise: bool) -> GPMixture:
+        r"""The GP head's mixture at transformed inputs `X_t` (`b? x q x d`).
+
+        With `ensemble_size = E > 1` the members' mixtures (each on its own input
+        symmetry of the data) are one mixture of `E J` components, each member's
+        weights divided by `E`.
+
+        Returns:
+            A :class:`GPMixture` with `b? x q x J'` fields (float64, network units).
+        """
+        E = self.ensemble_size
+        N, (q, d) = math.prod(X_t.shape[:-2]), X_t.shape[-2:]
+        X_b = X_t.reshape(N, q, d)
+        ctx_X, ctx_Y, ctx_Yvar, init = ctx.X, ctx.Y, ctx.Yvar, self._gp_init
+        if E > 1:
+            perms, flips = self._symmetries
+            X_b = apply_input_symmetries(X_b, perms, flips)  # `E x N x q x d`
+            ctx_X = apply_input_symmetries(ctx_X, perms, flips).unsqueeze(1)  # `E x 1 x n x d`
+            ctx_Y = ctx_Y.expand(E, 1, *ctx_Y.shape)  # `E x 1 x n x 1`
+            ctx_Yvar = None if ctx_Yvar is None else ctx_Yvar.expand(E, 1, *ctx_Yvar.shape)
+            if init is not None:  # `E x 1 x J x (d + 2)`: one per member
+                init = init.unsqueeze(1)
+        with _eval_mode(self.pfn):
+            net, state = self._network_and_state()
+            if self._caching:
+                cache = self._cached_context(net, state, ctx_X, ctx_Y, ctx_Yvar)
+                mix = net.predict_gp_mixture(X_b, cache, observation_noise)
+            else:
+                # Reference path: the context goes with every test batch element.
+                lead = X_b.shape[:-2]  # `N` or `E x N`
+                n = ctx_X.shape[-2]
+                expand = lambda t: t.expand(*lead, *t.shape[-2:])  # noqa: E731
+                if init is not None:
+                    init = init.expand(*lead, *init.shape[-2:]).reshape(-1, *init.shape[-2:])
+                mix = net.gp_mixture(
+                    expand(ctx_X), expand(ctx_Y), X_b,
+                    train_Yvar=None if ctx_Yvar is None else expand(ctx_Yvar),
+                    observation_noise=observation_noise,
+                    gp_init=init,
+                )  # fmt: skip
+                self.num_encodings += 1
+        if E > 1:  # `E x N x q x J` -> `N x q x (E J)`
+            mix = GPMixture(*(t.permute(1, 2, 0, 3).reshape(N, q, E * t.shape[-1]) for t in mix))
+            mix = mix._replace(log_weights=mix.log_weights - math.log(E))
+        return GPMixture(*(t.reshape(*X_t.shape[:-1], t.shape[-1]) for t in mix))
+
+    def _ensemble_logits(self, X_t: Tensor, ctx: "_Context") -> Tensor:
+        r"""Logits of the ensemble's averaged bar distribution (see `ensemble_size`),
+        for the network's full output (the GP head's predictive: :meth:`_gp_mixture`).
 
         Args:
             X_t: `b? x q x d` transformed inputs.
             ctx: The context from :meth:`_context`.
-            gp_borders: See :meth:`_gp_borders`.
-            observation_noise: See :meth:`pfn_logits`.
 
         Returns:
             `b? x q x K` logits: the log of the members' mean probabilities.
@@ -817,7 +906,7 @@ class PFNModel(Model):
                 # One cached context per member (cache batch `E x 1`): the `N x q` test
                 # points of a member are one query sequence against its context.
                 cache = self._cached_context(net, state, ctx_X_e, ctx_Y_e, Yvar_e)
-                logits = net.predict(X_e, cache, gp_borders, observation_noise)  # `E x N x q x B`
+                logits = net.predict(X_e, cache)  # `E x N x q x B`
             else:
                 n = ctx_X.shape[-2]
                 if Yvar_e is not None:
@@ -830,8 +919,6 @@ class PFNModel(Model):
                     ctx_Y_e.expand(E, N, n, 1).reshape(E * N, n, 1),
                     X_e.reshape(E * N, q, d),
                     train_Yvar=Yvar_e,
-                    gp_borders=gp_borders,
-                    gp_observation_noise=observation_noise,
                     gp_init=init,
                 ).reshape(E, N, q, -1)
                 self.num_encodings += 1
@@ -877,12 +964,13 @@ class PFNModel(Model):
                 f"PFNModel has a single output; got output_indices={output_indices}."
             )
         self.eval()
-        logits, borders = self.pfn_logits(
-            X, pending_X, negate_train_ys, _observation_noise_flag(observation_noise)
-        )
-        posterior = BoundedRiemannPosterior(
-            borders=borders, probabilities=logits.softmax(dim=-1)
-        )
+        noisy = _observation_noise_flag(observation_noise)
+        posterior = self._mixture_posterior(X, pending_X, negate_train_ys, noisy)
+        if posterior is None:  # the network's full output (or an empty context)
+            logits, borders = self.pfn_logits(X, pending_X, negate_train_ys, noisy)
+            posterior = BoundedRiemannPosterior(
+                borders=borders, probabilities=logits.softmax(dim=-1)
+            )
         return _apply_posterior_transform(posterior, posterior_transform)
 
     @classmethod

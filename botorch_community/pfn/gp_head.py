@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn, Tensor
@@ -92,6 +92,22 @@ class GPFit:
 
     def tensors(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, n) for n in _GPFIT_FIELDS)
+
+
+class GPMixture(NamedTuple):
+    r"""The GP head's predictive at `m` points: a Gaussian mixture per point, on the
+    network's standardised target axis (float64).
+
+    Attributes:
+        mean: `b x m x J` the particles' predictive means.
+        var: `b x m x J` their variances.
+        log_weights: `b x m x J` normalised particle log-weights (per context: equal
+            along `m`).
+    """
+
+    mean: Tensor
+    var: Tensor
+    log_weights: Tensor
 
 
 _GPFIT_FIELDS = ("Z", "inv_lengthscale", "outputscale", "noise", "L", "alpha", "log_weights",
@@ -512,6 +528,24 @@ class GPHead(nn.Module):
             else:  # floored at the jitter: a finite sd and gradient at the observations
                 var = var.clamp_min(GP_JITTER * os)
         return mu, var
+
+    def mixture(
+        self, fit: GPFit, query_X: Tensor, observation_noise: bool = True
+    ) -> GPMixture:
+        r"""The particles' mixture at `query_X` (`b x m x d`), components last.
+
+        Args:
+            fit: From :meth:`fit`, batch `b`.
+            query_X: `b x m x d`.
+            observation_noise: The mixture of noisy targets (True) or of the latent
+                function.
+
+        Returns:
+            A :class:`GPMixture` with `b x m x J` fields.
+        """
+        mu, var = self.predict(fit, query_X, observation_noise)  # `b x J x m`
+        log_w = fit.log_weights.unsqueeze(-2).expand(-1, mu.shape[-1], -1)
+        return GPMixture(mu.transpose(-1, -2), var.transpose(-1, -2), log_w)
 
     def _conditioned(self, fit: GPFit, query_X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r"""The particles' scaled queries `Zq` (`b x J x m x d`), posterior means `mu`

@@ -133,6 +133,15 @@ class TargetMap:
         z = torch.where(w < lo, self.z_lo.to(t) + (w - lo) / self.slope_lo.to(t), z)
         return z * self.std.to(t) + self.mean.to(t)
 
+    @property
+    def latent_knots(self) -> Optional[Tensor]:
+        r"""The two points of the network's axis where the warp turns linear (its
+        inverse is only C^1 there), or None for an affine map."""
+        if not self.warped:
+            return None
+        w = torch.stack([self.w_lo, self.w_hi])
+        return (w - self.warped_mean) / self.warped_std
+
     def derivative(self, y: Tensor) -> Tensor:
         r"""`dt/dy` at user targets `y` (for mapping noise variances)."""
         if not self.warped:

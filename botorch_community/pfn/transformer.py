@@ -32,7 +32,7 @@ from torch import nn, Tensor
 from botorch_community.pfn.bar_distribution import bar_nll, bucket_index
 from botorch_community.pfn.config import PFNConfig
 from botorch_community.pfn.dtype_copies import DtypeCopies
-from botorch_community.pfn.gp_head import GPFit, GPHead
+from botorch_community.pfn.gp_head import GPFit, GPHead, GPMixture
 from botorch_community.pfn.kv_cache import KVCache, to_cache_layout
 from botorch_community.pfn.layer import PFNLayer, SqDist
 
@@ -443,6 +443,30 @@ class PFNTransformer(nn.Module):
             if test_Y is not None:
                 raise ValueError("test_Y (the training loss) needs the reference path.")
             return self.predict(test_X, kv_cache, gp_borders, gp_observation_noise)
+        h, fit, qX, batch_shape = self._reference_pass(train_X, train_Y, test_X, train_Yvar, gp_init)
+        m = qX.shape[-2]
+        if test_Y is None:
+            if gp_borders is not None and fit is not None:
+                log_q = self.gp.mixture_log_probs(fit, qX, gp_borders, gp_observation_noise)
+                return log_q.reshape(*batch_shape, m, -1)
+            return self._output_logits(h, fit, qX).reshape(*batch_shape, m, -1)
+        return self._training_nll(h, fit, qX, test_Y).reshape(*batch_shape, m)
+
+    def _reference_pass(
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        test_X: Tensor,
+        train_Yvar: Optional[Tensor],
+        gp_init: Optional[Tensor],
+    ) -> tuple[Tensor, Optional[GPFit], Tensor, torch.Size]:
+        r"""Training and test tokens through the layers together (the reference path).
+
+        Returns:
+            The final test-token states `h` (`b x m x e`), the GP head's fit of the `b`
+            flattened contexts (or None), the flattened test inputs `qX` (`b x m x d`)
+            and the batch shape.
+        """
         train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
         if train_X.shape[:-2] != test_X.shape[:-2]:
             raise ValueError(
@@ -458,12 +482,42 @@ class PFNTransformer(nn.Module):
         token, h, _, _ = self._run_layers(h, cX, qX)
         cYvar = None if train_Yvar is None else train_Yvar.reshape(b, n, 1)
         fit = self._fit_gp(token, cX, cY, cYvar, gp_init)
-        if test_Y is None:
-            if gp_borders is not None and fit is not None:
-                log_q = self.gp.mixture_log_probs(fit, qX, gp_borders, gp_observation_noise)
-                return log_q.reshape(*batch_shape, m, -1)
-            return self._output_logits(h, fit, qX).reshape(*batch_shape, m, -1)
-        return self._training_nll(h, fit, qX, test_Y).reshape(*batch_shape, m)
+        return h, fit, qX, batch_shape
+
+    def gp_mixture(
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        test_X: Tensor,
+        kv_cache: Optional[KVCache] = None,
+        train_Yvar: Optional[Tensor] = None,
+        observation_noise: bool = True,
+        gp_init: Optional[Tensor] = None,
+    ) -> GPMixture:
+        r"""The GP head's predictive at `test_X`: a Gaussian mixture per point.
+
+        With `kv_cache` this is :meth:`predict_gp_mixture`; without, the reference path
+        (the context re-encoded with every test batch element, as :meth:`forward`).
+
+        Args:
+            train_X, train_Y, train_Yvar, gp_init: As for :meth:`forward` (ignored
+                with `kv_cache`).
+            test_X: `b x m x d` (any batch shape with `kv_cache`).
+            kv_cache: An encoded context from :meth:`encode_context`.
+            observation_noise: The mixture of noisy targets (True) or of the latent
+                function.
+
+        Returns:
+            A :class:`~botorch_community.pfn.gp_head.GPMixture` with
+            `batch_shape x m x J` fields (float64, standardised targets).
+        """
+        if kv_cache is not None:
+            return self.predict_gp_mixture(test_X, kv_cache, observation_noise)
+        _, fit, qX, batch_shape = self._reference_pass(train_X, train_Y, test_X, train_Yvar, gp_init)
+        if fit is None:
+            raise ValueError(_NO_GP_FIT)
+        mix = self.gp.mixture(fit, qX, observation_noise)
+        return GPMixture(*(t.reshape(*batch_shape, *t.shape[-2:]) for t in mix))
 
     def _training_nll(
         self, h: Tensor, fit: Optional[GPFit], query_X: Tensor, test_Y: Tensor
@@ -722,6 +776,43 @@ class PFNTransformer(nn.Module):
             self._predict_queries(h, kv_cache, qX, cX, gp_borders, gp_observation_noise)
         )
 
+    def predict_gp_mixture(
+        self, test_X: Tensor, kv_cache: KVCache, observation_noise: bool = True
+    ) -> GPMixture:
+        r"""The GP head's mixture at `test_X` against a cached context.
+
+        The test tokens never enter the transformer: a call costs the posterior of the
+        head's (few, after pruning) GP particles.
+
+        Args:
+            test_X: `test_batch_shape x m x d`, broadcastable with the cache's batch.
+            kv_cache: From :meth:`encode_context` of this network (a GP head and a
+                non-empty context).
+            observation_noise: The mixture of noisy targets (True) or of the latent
+                function.
+
+        Returns:
+            A :class:`~botorch_community.pfn.gp_head.GPMixture` with
+            `broadcast(test_batch_shape, cache_batch_shape) x m x J` fields.
+        """
+        if kv_cache.gp_fit is None or kv_cache.context_X is None:
+            raise ValueError(_NO_GP_FIT)
+        if kv_cache.context_X.shape[-1] != test_X.shape[-1]:
+            raise ValueError(
+                f"test_X has d={test_X.shape[-1]} features but the cached context "
+                f"has d={kv_cache.context_X.shape[-1]}."
+            )
+        (test_X,) = self._cast(test_X)
+        qX, restore = to_cache_layout(test_X, kv_cache.batch_shape)  # `Bc x M x d`
+        M, chunk = qX.shape[-2], PREDICT_CHUNK_QUERIES
+        if M > chunk and not (torch.is_grad_enabled() and test_X.requires_grad):
+            parts = [self.gp.mixture(kv_cache.gp_fit, qX[:, i : i + chunk], observation_noise)
+                     for i in range(0, M, chunk)]  # fmt: skip
+            mix = GPMixture(*(torch.cat(f, dim=-2) for f in zip(*parts)))
+        else:
+            mix = self.gp.mixture(kv_cache.gp_fit, qX, observation_noise)
+        return GPMixture(*(restore(t) for t in mix))
+
     def _predict_queries(
         self,
         h: Tensor,
@@ -740,6 +831,12 @@ class PFNTransformer(nn.Module):
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             h = layer.attend(h, k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]), sqdist)
         return self._output_logits(h, kv_cache.gp_fit, qX)
+
+
+_NO_GP_FIT = (
+    "The GP head's mixture needs a network with a GP head (gp_head=True) and a non-empty "
+    "context; use the network's bucket logits (forward / predict) otherwise."
+)
 
 
 def _query_rows(sqdist: Optional[SqDist], n: int) -> Optional[SqDist]:

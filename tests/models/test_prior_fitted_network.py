@@ -264,7 +264,8 @@ def test_multivariate_q1_is_marginal(net):
     m = MultivariatePFNModel(X, Y, model=net)
     x = torch.rand(4, 1, 3)
     post = m.posterior(x)
-    assert type(post) is BoundedRiemannPosterior
+    assert isinstance(post, BoundedRiemannPosterior)
+    assert not isinstance(post, MultivariateRiemannPosterior)
 
 
 # ------------------------------------------------------------- acquisition level
@@ -558,3 +559,55 @@ def test_warm_start_with_the_shipped_network_is_close_to_a_cold_refinement():
     s = Y.std()
     assert float((pw.mean - pc.mean).abs().mean() / s) < 0.06
     assert float((pw.variance.sqrt() - pc.variance.sqrt()).abs().mean() / s) < 0.06
+
+
+@pytest.mark.parametrize("warp", [False, True])
+@pytest.mark.parametrize("ensemble_size", [1, 2])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_gp_predictive_acquisitions_cached_equal_reference(warp, ensemble_size, normalize):
+    r"""With the GP head's predictive the analytic acquisitions integrate its Gaussian
+    mixture (no buckets): cached and reference paths agree in values and gradients, with
+    the context's target warp or without, ensembles and input transforms; and the values
+    are those of the bucket view to its discretisation error."""
+    from botorch.acquisition.objective import ScalarizedPosteriorTransform
+    from botorch_community.acquisition.discretized import (
+        DiscretizedExpectedImprovement,
+        DiscretizedLogExpectedImprovement,
+        DiscretizedProbabilityOfImprovement,
+    )
+    from botorch_community.posteriors.gaussian_mixture import GaussianMixtureRiemannPosterior
+
+    net = random_pfn(num_features=4, emsize=32, nlayers=2, nhead=2, nhid=48,
+                     **NETS["metric+hint+gp"])  # fmt: skip
+    X, Y = _data(n=16, dtype=torch.float64)
+    Y = Y + Y.sub(Y.min()).pow(3)  # skewed, so that the warp is fitted
+    scale = 5.0 if normalize else 1.0
+    kw = {}
+    if normalize:
+        kw["input_transform"] = Normalize(3, bounds=torch.tensor([[0.0] * 3, [scale] * 3]))
+    models = [PFNModel(X * scale, Y, model=net, cache_context=c, warp_targets=warp,
+                       ensemble_size=ensemble_size, **kw) for c in (True, False)]  # fmt: skip
+    assert models[0].target_map().warped == warp
+    Xq = (torch.rand(7, 1, 3, dtype=torch.float64) * scale).requires_grad_(True)
+    minimize = ScalarizedPosteriorTransform(weights=torch.tensor([-1.0], dtype=torch.float64))
+    for cls, transform in [(DiscretizedLogExpectedImprovement, None),
+                           (DiscretizedExpectedImprovement, minimize),
+                           (DiscretizedProbabilityOfImprovement, None)]:  # fmt: skip
+        best_f = Y.max() if transform is None else -Y.min()
+        res = []
+        for m in models:
+            acqf = cls(m, best_f=best_f - 0.1 * Y.std(), posterior_transform=transform)
+            val = acqf(Xq)
+            (g,) = torch.autograd.grad(val.sum(), Xq)
+            res.append((val.detach(), g))
+        torch.testing.assert_close(res[0][0], res[1][0], atol=1e-9, rtol=1e-7)
+        torch.testing.assert_close(res[0][1], res[1][1], atol=1e-9, rtol=1e-6)
+        assert res[0][1].abs().max() > 0
+    # the mixture's EI is the bucket view's, to the buckets' resolution
+    post = models[0].posterior(Xq.detach())
+    assert isinstance(post, GaussianMixtureRiemannPosterior)
+    best_f = Y.max() - 0.5 * Y.std()
+    ei = DiscretizedExpectedImprovement(models[0], best_f=best_f)
+    bars = BoundedRiemannPosterior(post.borders, post.probabilities)
+    torch.testing.assert_close(ei._evaluate(post)[..., 0], ei._evaluate(bars)[..., 0],
+                               rtol=2e-2, atol=1e-4 * float(Y.std()))  # fmt: skip

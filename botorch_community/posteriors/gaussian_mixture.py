@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+r"""A bar posterior that knows the continuous Gaussian mixture it discretises.
+
+The GP head of a PFN predicts, at every candidate, a mixture of Gaussians on the
+network's latent target axis :math:`t`, and the outcome is an increasing map of it:
+
+.. math::
+
+    y = h(t), \qquad t \sim \sum_{j=1}^{J} w_j \, \mathcal{N}(\mu_j, \sigma_j^2),
+
+with :math:`h` affine (the context's standardisation) or the inverse of a sinh-arcsinh
+warp (see :class:`~botorch_community.pfn.target_map.TargetMap`).
+:class:`GaussianMixtureRiemannPosterior` is a
+:class:`~botorch_community.posteriors.riemann.BoundedRiemannPosterior` (its buckets are
+the mixture discretised on given borders, computed only when something asks for them:
+samples, quantiles, the cdf) that also evaluates expected improvement, its log and the
+probability of improvement on the mixture itself, with ``J`` terms per candidate instead
+of a sum over buckets:
+
+* :math:`h` affine, :math:`h(t) = \kappa t + \lambda`:
+  :math:`\mathrm{EI} = \sum_j w_j \kappa \sigma_j H(-u_j)`, with
+  :math:`u_j = (h^{-1}(f^*) - \mu_j) / \sigma_j` and :math:`H(z) = \phi(z) + z \Phi(z)`
+  (the log via BoTorch's stable ``_log_ei_helper``).
+* :math:`h` nonlinear: :math:`\mathrm{EI}_j = \int_{u_j}^\infty (h(\mu_j + \sigma_j u) -
+  f^*) \phi(u) du` by Gauss-Legendre quadrature on the window where the integrand
+  matters, in log space (see :func:`_log_ei_warped`).
+* :math:`\mathrm{PI} = \sum_j w_j \Phi(-u_j)` for any increasing :math:`h`.
+
+The moments are the mixture's (closed form, or the same quadrature for a nonlinear :math:`h`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Optional
+
+import numpy as np
+import torch
+from botorch.acquisition.analytic import _log_ei_helper
+from torch import Tensor
+
+from botorch_community.pfn.bar_distribution import gaussian_bucket_probs
+from botorch_community.posteriors.riemann import BoundedRiemannPosterior
+
+#: Gauss-Legendre nodes per panel of the integrals under a nonlinear outcome map (the
+#: panels split at the map's kinks, so each integrand is smooth).
+NUM_LEGENDRE_NODES = 16
+#: The quadrature window `[u, u + W]` of an improvement integral ends where the
+#: integrand's Gaussian factor `exp(-u s - s^2 / 2)` falls below `exp(-WINDOW_LOG_DECAY)`.
+WINDOW_LOG_DECAY = 35.0
+#: Bucket probabilities are floored here before renormalising (a softmax of floored
+#: log-probabilities, as the network's bucket outputs are).
+PROBABILITY_FLOOR = 1e-30
+
+
+class IncreasingOutcomeMap:
+    r"""An increasing map :math:`h(t) = a \, g(s t) + c` from latent `t` to outcomes.
+
+    `g` is an increasing base map (e.g. a context's ``TargetMap.inverse``) with its
+    inverse, `s` is +1 or -1 and :math:`a s > 0`, so `h` increases. Affine maps of the
+    outcome compose into `(a, c)`; a negative one also flips `s` (and the mixture's
+    components are then mirrored, see :meth:`GaussianMixtureRiemannPosterior.affine`).
+    """
+
+    def __init__(
+        self,
+        base: Callable[[Tensor], Tensor],
+        base_inverse: Callable[[Tensor], Tensor],
+        base_affine: Optional[tuple[Tensor, Tensor]] = None,
+        base_knots: Optional[Tensor] = None,
+        sign: float = 1.0,
+        scale: float | Tensor = 1.0,
+        shift: float | Tensor = 0.0,
+    ) -> None:
+        r"""Args:
+        base: The increasing base map `g` (elementwise).
+        base_inverse: Its inverse.
+        base_affine: `(alpha, beta)` if `g(t) = alpha t + beta` (alpha > 0), else None.
+        base_knots: 1-dim points where `g` is only C^1 (quadrature panels split there).
+        sign, scale, shift: `s`, `a`, `c` (`a * s > 0`).
+        """
+        if not float(scale) * sign > 0:
+            raise ValueError("An IncreasingOutcomeMap needs scale * sign > 0.")
+        self.base, self.base_inverse, self.base_affine = base, base_inverse, base_affine
+        self.base_knots = base_knots
+        self.sign, self.scale, self.shift = sign, scale, shift
+
+    def __call__(self, t: Tensor) -> Tensor:
+        r"""Outcomes `h(t)`."""
+        return self.scale * self.base(self.sign * t) + self.shift
+
+    def inverse(self, y: Tensor) -> Tensor:
+        r"""Latent values `h^{-1}(y)`."""
+        return self.sign * self.base_inverse((y - self.shift) / self.scale)
+
+    @property
+    def affine(self) -> Optional[tuple[Tensor | float, Tensor | float]]:
+        r"""`(kappa, lambda)` with `h(t) = kappa t + lambda` (kappa > 0), or None."""
+        if self.base_affine is None:
+            return None
+        alpha, beta = self.base_affine
+        return self.scale * alpha * self.sign, self.scale * beta + self.shift
+
+    @property
+    def latent_knots(self) -> Optional[Tensor]:
+        r"""The 1-dim latent points where `h` is only C^1 (None: smooth)."""
+        return None if self.base_knots is None else self.sign * self.base_knots
+
+    def then_affine(self, scale: float | Tensor, shift: float | Tensor) -> "IncreasingOutcomeMap":
+        r"""The map of `scale * h(s' t) + shift`, `s' = sign(scale)`: increasing again."""
+        sign = self.sign * (1.0 if scale > 0 else -1.0)
+        return IncreasingOutcomeMap(
+            self.base, self.base_inverse, self.base_affine, self.base_knots, sign,
+            scale * self.scale, scale * self.shift + shift,
+        )  # fmt: skip
+
+
+class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
+    r"""Bar marginals of :math:`y = h(t)`, :math:`t` a Gaussian mixture per point.
+
+    Shapes: ``means`` and ``stds`` are ``batch_shape x q x J``, ``log_weights``
+    broadcasts to them; the bucket ``probabilities`` (``batch_shape x q x B``) are
+    computed on first use.
+    """
+
+    def __init__(
+        self,
+        means: Tensor,
+        stds: Tensor,
+        log_weights: Tensor,
+        latent_borders: Tensor,
+        outcome_map: IncreasingOutcomeMap,
+    ) -> None:
+        r"""Gaussian-mixture Riemann posterior.
+
+        Args:
+            means: ``batch_shape x q x J`` component means (latent axis).
+            stds: ``batch_shape x q x J`` positive component standard deviations.
+            log_weights: Normalised component log-weights, broadcastable to
+                ``batch_shape x q x J``.
+            latent_borders: ``B + 1`` increasing bucket borders on the latent axis (the
+                bar view's resolution).
+            outcome_map: The increasing map `h` from the latent axis to outcomes.
+        """
+        if means.shape != stds.shape or means.dim() < 2:
+            raise ValueError(
+                "`means` and `stds` must both be `batch_shape x q x J`, got shapes "
+                f"{tuple(means.shape)} and {tuple(stds.shape)}."
+            )
+        self.means, self.stds = means, stds
+        self.log_weights = log_weights.to(means).expand_as(means)
+        self.latent_borders = latent_borders.to(means)
+        self.outcome_map = outcome_map
+        borders = outcome_map(self.latent_borders)
+        with torch.no_grad():
+            if not torch.isfinite(borders).all() or not (borders[1:] > borders[:-1]).all():
+                raise ValueError(
+                    "The outcome map must take the latent borders to finite, strictly "
+                    f"increasing borders (in {means.dtype})."
+                )
+        self.borders = borders
+        self._probabilities: Optional[Tensor] = None
+
+    # ------------------------------------------------------------ the bar view
+    @property
+    def probabilities(self) -> Tensor:
+        r"""``batch_shape x q x B`` bucket probabilities of the mixture (cached)."""
+        if self._probabilities is None:
+            q = gaussian_bucket_probs(self.means, self.stds, self.latent_borders)  # `... x J x B`
+            mixed = (self.log_weights.exp().unsqueeze(-1) * q).sum(-2)
+            mixed = mixed.clamp_min(PROBABILITY_FLOOR)
+            self._probabilities = mixed / mixed.sum(-1, keepdim=True)
+        return self._probabilities
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.means.shape[:-2]
+
+    @property
+    def base_sample_shape(self) -> torch.Size:
+        return self.means.shape[:-1] + torch.Size([1])
+
+    def _extended_shape(self, sample_shape: torch.Size = torch.Size()) -> torch.Size:  # noqa: B008
+        return torch.Size(sample_shape) + self.means.shape[:-1] + (1,)
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.means.dtype
+
+    # ----------------------------------------------------------------- moments
+    def _moment_rule(self) -> tuple[Tensor, Tensor]:
+        r"""`(h(mu + sd v_k), w_j omega_k phi(v_k))`, each ``batch_shape x q x J x K``:
+        Gauss-Legendre on `[-sqrt(70), sqrt(70)]`, panels split at the kinks of `h`."""
+        L = math.sqrt(2 * WINDOW_LOG_DECAY)
+        lo = torch.full_like(self.means, -L).unsqueeze(-1)
+        knots = self.outcome_map.latent_knots
+        inner = [] if knots is None else [
+            ((knots.to(self.means) - self.means.unsqueeze(-1)) / self.stds.unsqueeze(-1)).clamp(-L, L)
+        ]  # fmt: skip
+        splits = _BULK_SPLITS.to(lo).expand(*lo.shape[:-1], -1)
+        edges = torch.cat([lo, splits, *inner, -lo], -1).sort(-1).values
+        v, w = _panel_rule(edges, NUM_LEGENDRE_NODES)
+        y = self.outcome_map(self.means.unsqueeze(-1) + self.stds.unsqueeze(-1) * v)
+        phi = torch.exp(-v.square() / 2) / math.sqrt(2 * math.pi)
+        return y, self.log_weights.exp().unsqueeze(-1) * w * phi
+
+    @property
+    def mean(self) -> Tensor:
+        r"""The ``batch_shape x q x 1`` mean of the mixture (not of its buckets)."""
+        w = self.log_weights.exp()
+        aff = self.outcome_map.affine
+        if aff is not None:
+            return (aff[0] * (w * self.means).sum(-1) + aff[1]).unsqueeze(-1)
+        y, wk = self._moment_rule()
+        return (wk * y).sum((-1, -2)).unsqueeze(-1)
+
+    @property
+    def variance(self) -> Tensor:
+        r"""The ``batch_shape x q x 1`` variance of the mixture."""
+        w = self.log_weights.exp()
+        aff = self.outcome_map.affine
+        if aff is not None:
+            m = (w * self.means).sum(-1, keepdim=True)
+            var = (w * (self.stds.square() + (self.means - m).square())).sum(-1)
+            return (aff[0] ** 2 * var).unsqueeze(-1)
+        y, wk = self._moment_rule()
+        m = (wk * y).sum((-1, -2))[..., None, None]
+        return (wk * (y - m).square()).sum((-1, -2)).unsqueeze(-1)
+
+    # ------------------------------------------------------------ affine maps
+    def affine(self, scale: float | Tensor, shift: float | Tensor = 0.0) -> BoundedRiemannPosterior:
+        r"""The posterior of ``scale * Y + shift``: the same mixture (mirrored for a
+        negative `scale`) under the composed outcome map."""
+        if torch.is_tensor(scale):
+            scale = scale.reshape(()).to(self.means)
+        if torch.is_tensor(shift):
+            shift = shift.reshape(()).to(self.means)
+        if scale == 0:
+            raise ValueError("A zero `scale` makes the posterior degenerate.")
+        if not torch.is_tensor(scale) and not torch.is_tensor(shift):
+            if scale == 1.0 and shift == 0.0:
+                return self
+        mirror = bool(scale < 0)
+        out = GaussianMixtureRiemannPosterior(
+            -self.means if mirror else self.means,
+            self.stds,
+            self.log_weights,
+            (-self.latent_borders).flip(0) if mirror else self.latent_borders,
+            self.outcome_map.then_affine(scale, shift),
+        )
+        if self._probabilities is not None:
+            out._probabilities = self._probabilities.flip(-1) if mirror else self._probabilities
+        return out
+
+    # --------------------------------------------------- improvement integrals
+    def _standardized_threshold(self, best_f: Tensor) -> tuple[Tensor, Tensor]:
+        r"""`(t*, u)`: the threshold on the latent axis and `u_j = (t* - mu_j) / sd_j`."""
+        t_star = self.outcome_map.inverse(best_f.to(self.means))
+        return t_star, (t_star - self.means) / self.stds
+
+    def log_expected_improvement(self, best_f: Tensor) -> Tensor:
+        r"""``batch_shape x q`` values :math:`\log E[\max(Y - f^*, 0)]`, finite also
+        where EI underflows."""
+        t_star, u = self._standardized_threshold(best_f)
+        aff = self.outcome_map.affine
+        if aff is not None:
+            kappa = torch.as_tensor(aff[0]).to(self.means)
+            log_ei = kappa.log() + self.stds.log() + _log_ei_helper(-u)  # `... x J`
+        else:
+            log_ei = _log_ei_warped(self.outcome_map, self.means, self.stds, u, t_star)
+        return torch.logsumexp(self.log_weights + log_ei, dim=-1)
+
+    def expected_improvement(self, best_f: Tensor) -> Tensor:
+        r"""``batch_shape x q`` values :math:`E[\max(Y - f^*, 0)]`."""
+        return self.log_expected_improvement(best_f).exp()
+
+    def probability_of_improvement(self, best_f: Tensor) -> Tensor:
+        r"""``batch_shape x q`` values :math:`P(Y > f^*) = \sum_j w_j \Phi(-u_j)`."""
+        _, u = self._standardized_threshold(best_f)
+        return (self.log_weights.exp() * torch.special.ndtr(-u)).sum(-1)
+
+
+def _log_ei_warped(
+    h: IncreasingOutcomeMap, mu: Tensor, sd: Tensor, u: Tensor, t_star: Tensor
+) -> Tensor:
+    r"""Per-component :math:`\log \int_{u}^\infty (h(\mu + \sigma v) - h(t^*)) \phi(v) dv`.
+
+    With :math:`g(t) = h(t) - h(t^*)` (differences of one function: no cancellation
+    against a large :math:`f^*`), by Gauss-Legendre on panels split at the kinks of
+    `h` (:attr:`IncreasingOutcomeMap.latent_knots`), so each panel's integrand is
+    smooth:
+
+    * :math:`u \ge 0`: substituting :math:`v = u + s`, the integral is
+      :math:`\phi(u) \int_0^W g(t^* + \sigma s) e^{-u s - s^2/2} ds`, with the window
+      :math:`W = \sqrt{u^2 + 70} - u` ending where the Gaussian factor falls below
+      :math:`e^{-35}` (about 8 at u = 0, 1/u for large u); summed in log space, so EI
+      far below round-off keeps its log.
+    * :math:`u < 0`: the component's bulk improves; :math:`v` runs over
+      :math:`[\max(u, -\sqrt{70}), \sqrt{70}]`, also split at -3, 0 and 3 (EI is not
+      small here: linear space).
+
+    Each entry runs only its own branch.
+
+    Args:
+        h: The outcome map.
+        mu, sd, u: ``... x J`` component means, stds and standardised thresholds.
+        t_star: The 0-dim latent threshold.
+
+    Returns:
+        ``... x J`` log-EI per component.
+    """
+    f_star = h(t_star)
+    shape = u.shape
+    mu, sd, u = mu.reshape(-1), sd.reshape(-1), u.reshape(-1)
+    knots = h.latent_knots
+    if knots is None:
+        knots = mu.new_zeros(0)
+    above = u >= 0
+    ia, ib = above.nonzero().squeeze(-1), (~above).nonzero().squeeze(-1)
+    out = torch.zeros_like(u)
+    L = math.sqrt(2 * WINDOW_LOG_DECAY)
+    if ia.numel():  # the improving side starts in the component's upper tail
+        m, s_, ua = mu[ia, None], sd[ia, None], u[ia, None]  # `N_a x 1`
+        W = torch.sqrt(ua.square() + L**2) - ua
+        kn = ((knots.to(mu) - m) / s_ - ua).clamp(min=0).minimum(W)  # `N_a x knots`
+        edges = torch.cat([torch.zeros_like(W), kn, W], -1).sort(-1).values
+        s, w = _panel_rule(edges, NUM_LEGENDRE_NODES)  # `N_a x P k`
+        g = h(m + s_ * (ua + s)) - f_star
+        ok = (g > 0) & (w > 0)
+        safe = lambda t: torch.where(ok, t, torch.ones_like(t))  # noqa: E731
+        terms = safe(g).log() + safe(w).log() - ua * s - s.square() / 2
+        terms = torch.where(ok, terms, torch.full_like(terms, -math.inf))
+        log_a = torch.logsumexp(terms, -1) - ua.squeeze(-1).square() / 2 - 0.5 * math.log(2 * math.pi)
+        out = out.index_put((ia,), log_a)
+    if ib.numel():  # the component's bulk improves
+        m, s_, ub = mu[ib, None], sd[ib, None], u[ib, None]
+        lo = ub.clamp_min(-L)
+        kn = ((knots.to(mu) - m) / s_).maximum(lo).clamp_max(L)
+        splits = _BULK_SPLITS.to(lo).expand(*lo.shape[:-1], -1).maximum(lo)
+        edges = torch.cat([lo, splits, kn, torch.full_like(lo, L)], -1).sort(-1).values
+        v, w = _panel_rule(edges, NUM_LEGENDRE_NODES)
+        g = h(m + s_ * v) - f_star
+        ei_b = (w * g * torch.exp(-v.square() / 2)).sum(-1) / math.sqrt(2 * math.pi)
+        out = out.index_put((ib,), ei_b.clamp_min(torch.finfo(mu.dtype).tiny).log())
+    return out.reshape(shape)
+
+
+def _panel_rule(edges: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    r"""Gauss-Legendre nodes and weights, `k` per panel, on the consecutive panels of
+    increasing `edges` (``... x (P + 1)``); returns two ``... x (P k)`` tensors (empty
+    panels get zero weights)."""
+    x, omega = _legendre_rule(k, edges)
+    a, b = edges[..., :-1, None], edges[..., 1:, None]  # `... x P x 1`
+    return (a + (b - a) * x).flatten(-2), ((b - a) * omega).flatten(-2)
+
+
+#: Interior panel edges (standard units) of integrals over a Gaussian's bulk.
+_BULK_SPLITS = torch.tensor([-3.0, 0.0, 3.0])
+
+_RULES: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _legendre_rule(k: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    r"""`k` Gauss-Legendre nodes and weights on `[0, 1]`, in `like`'s dtype/device."""
+    key = ("legendre", k, like.dtype, like.device)
+    if key not in _RULES:
+        x, w = np.polynomial.legendre.leggauss(k)
+        _RULES[key] = (torch.as_tensor((x + 1) / 2).to(like), torch.as_tensor(w / 2).to(like))
+    return _RULES[key]
