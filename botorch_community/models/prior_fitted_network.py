@@ -277,6 +277,7 @@ class PFNModel(Model):
         self.num_encodings = 0  # how many times a context was encoded (diagnostics)
         self._fitted_particles: Optional[Tensor] = None  # see `fitted_particles`
         self._gp_init: Optional[Tensor] = None  # where the GP refinement starts
+        self._gp_borders_memo: Optional[tuple] = None  # see `_checked_gp_borders`
         self.warm_start_from(self._warm_start_particles(warm_start, network))
         self._warned_outside_cube = False
         if input_transform is None:
@@ -484,6 +485,23 @@ class PFNModel(Model):
         tails = torch.stack([lo - GP_TAIL_MARGIN, hi + GP_TAIL_MARGIN])
         return torch.cat([tails[:1], inner, tails[1:]])
 
+
+    def _checked_gp_borders(self, ctx: "_Context", like: Tensor, reuse: bool) -> Optional[Tensor]:
+        r""":meth:`_gp_borders` in `like`'s dtype and device, checked to map to valid
+        user-unit borders; with `reuse` (no pending points: the context's targets are
+        those of its target map) remembered per target map, so repeated posterior calls
+        skip the work."""
+        key = (ctx.target_map, like.dtype, like.device)
+        memo = self._gp_borders_memo
+        if reuse and memo is not None and memo[0][0] is key[0] and memo[0][1:] == key[1:]:
+            return memo[1]
+        gp_borders = self._gp_borders(ctx)
+        if gp_borders is not None:
+            gp_borders = gp_borders.to(like)
+            _check_borders(ctx.target_map.inverse(gp_borders), ctx.target_map)
+        if reuse:
+            self._gp_borders_memo = (key, gp_borders)
+        return gp_borders
 
     @property
     def uses_noise_hint(self) -> bool:
@@ -815,11 +833,10 @@ class PFNModel(Model):
             X = X.to(self.train_X)
         X_t = self._prepare_X(X)
         ctx = self._context(pending_X, negate_train_ys)
-        gp_borders = self._gp_borders(ctx)
+        gp_borders = self._checked_gp_borders(ctx, X, pending_X is None)
         if gp_borders is None:
             return None
         tmap = ctx.target_map
-        _check_borders(tmap.inverse(gp_borders.to(X)), tmap)
         mix = self._gp_mixture(X_t, ctx, observation_noise)  # `b? x q x J` fields
         outcome_map = IncreasingOutcomeMap(
             tmap.inverse, tmap.forward,
@@ -1144,7 +1161,7 @@ def _apply_posterior_transform(
             "PFNModel has one output; the ScalarizedPosteriorTransform must have one "
             f"weight, got {weights.numel()}."
         )
-    w = weights.reshape(()).to(posterior.borders)
+    w = weights.reshape(()).to(dtype=posterior.dtype, device=posterior.device)
     if w == 0:
         raise UnsupportedError("A zero weight makes the posterior degenerate.")
     return posterior.affine(w, posterior_transform.offset)

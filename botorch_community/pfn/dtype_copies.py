@@ -57,7 +57,8 @@ class DtypeCopies:
             copy = copy.to(device=source.borders.device, dtype=dtype).requires_grad_(False)
             hit = (state, copy)
             self._copies[dtype] = hit
-        hit[1].train(source.training)
+        if hit[1].training != source.training:  # `train()` walks every module: only if needed
+            hit[1].train(source.training)
         return hit[1]
 
     def __len__(self) -> int:

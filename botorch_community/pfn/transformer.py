@@ -571,9 +571,10 @@ class PFNTransformer(nn.Module):
 
     def __getstate__(self) -> dict:
         # never pickle the dtype copies (a float64 copy is twice the weights): rebuilt
-        # on demand
+        # on demand; nor the module list of `weights_state`
         state = self.__dict__.copy()
         state["_dtype_copies"] = DtypeCopies()
+        state.pop("_state_modules", None)
         return state
 
     def __deepcopy__(self, memo: dict) -> "PFNTransformer":
@@ -582,16 +583,31 @@ class PFNTransformer(nn.Module):
         new = cls.__new__(cls)
         memo[id(self)] = new
         for k, v in self.__dict__.items():
+            if k == "_state_modules":
+                continue
             new.__dict__[k] = DtypeCopies() if k == "_dtype_copies" else copy.deepcopy(v, memo)
         return new
 
     def weights_state(self) -> tuple:
         r"""A key of the current weights and inference settings: changes when any
         parameter or buffer is replaced or edited in place (tensor version counters) or
-        moved, or when the config (e.g. the GP head's refinement) changes."""
+        moved, or when the config (e.g. the GP head's refinement) changes.
+
+        Called once per posterior call, so it reads the modules' parameter and buffer
+        dicts directly from a held module list (rebuilt when a submodule is replaced)
+        rather than walking ``parameters()``.
+        """
+        held = self.__dict__.get("_state_modules")
+        if held is None or held[1] != _child_ids(held[0]):
+            mods = tuple(self.modules())
+            held = (mods, _child_ids(mods))
+            self.__dict__["_state_modules"] = held
         return tuple(
             (id(t), t._version, t.dtype, t.device)
-            for t in (*self.parameters(), *self.buffers())
+            for m in held[0]
+            for tensors in (m._parameters, m._buffers)
+            for t in tensors.values()
+            if t is not None
         ) + (self.config,)
 
     # ------------------------------------------------------------------- cached
@@ -831,6 +847,11 @@ class PFNTransformer(nn.Module):
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             h = layer.attend(h, k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]), sqdist)
         return self._output_logits(h, kv_cache.gp_fit, qX)
+
+
+def _child_ids(modules: tuple[nn.Module, ...]) -> tuple[int, ...]:
+    r"""Identities of the children of `modules` (changes when a submodule is replaced)."""
+    return tuple(id(c) for m in modules for c in m._modules.values())
 
 
 _NO_GP_FIT = (

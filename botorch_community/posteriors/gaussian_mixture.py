@@ -152,17 +152,25 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
         self.log_weights = log_weights.to(means).expand_as(means)
         self.latent_borders = latent_borders.to(means)
         self.outcome_map = outcome_map
-        borders = outcome_map(self.latent_borders)
-        with torch.no_grad():
-            if not torch.isfinite(borders).all() or not (borders[1:] > borders[:-1]).all():
-                raise ValueError(
-                    "The outcome map must take the latent borders to finite, strictly "
-                    f"increasing borders (in {means.dtype})."
-                )
-        self.borders = borders
+        self._borders: Optional[Tensor] = None
         self._probabilities: Optional[Tensor] = None
 
     # ------------------------------------------------------------ the bar view
+    @property
+    def borders(self) -> Tensor:
+        r"""The ``B + 1`` bucket borders in outcome units, `h(latent_borders)` (computed
+        and checked on first use: the improvement integrals do not need them)."""
+        if self._borders is None:
+            borders = self.outcome_map(self.latent_borders)
+            with torch.no_grad():
+                ok = torch.isfinite(borders).all() and (borders[1:] > borders[:-1]).all()
+            if not ok:
+                raise ValueError(
+                    "The outcome map must take the latent borders to finite, strictly "
+                    f"increasing borders (in {self.means.dtype})."
+                )
+            self._borders = borders
+        return self._borders
     @property
     def probabilities(self) -> Tensor:
         r"""``batch_shape x q x B`` bucket probabilities of the mixture (cached)."""
@@ -255,6 +263,9 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
         )
         if self._probabilities is not None:
             out._probabilities = self._probabilities.flip(-1) if mirror else self._probabilities
+        if self._borders is not None:
+            borders = self._borders * scale + shift
+            out._borders = borders.flip(0) if mirror else borders
         return out
 
     # --------------------------------------------------- improvement integrals

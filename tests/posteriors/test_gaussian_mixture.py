@@ -171,8 +171,9 @@ def test_shape_errors_and_validation():
     omap = _outcome_map(False)
     with pytest.raises(ValueError, match="batch_shape x q x J"):
         GaussianMixtureRiemannPosterior(mu, torch.ones(3, 2, dtype=DT), mu, latent, omap)
+    bad = GaussianMixtureRiemannPosterior(mu, mu + 1, mu, latent.flip(0), omap)
     with pytest.raises(ValueError, match="increasing"):
-        GaussianMixtureRiemannPosterior(mu, mu + 1, mu, latent.flip(0), omap)
+        bad.borders  # checked when first needed
     with pytest.raises(ValueError, match="scale \\* sign"):
         IncreasingOutcomeMap(lambda t: t, lambda y: y, scale=-1.0)
     post = GaussianMixtureRiemannPosterior(mu, mu + 1, mu - math.log(2), latent, omap)
