@@ -315,7 +315,7 @@ def _log_ei_warped(
       :math:`[\max(u, -\sqrt{70}), \sqrt{70}]`, also split at -3, 0 and 3 (EI is not
       small here: linear space).
 
-    Each entry runs only its own branch.
+    On the CPU each entry runs only its own branch; elsewhere both run (no host sync).
 
     Args:
         h: The outcome map.
@@ -326,39 +326,57 @@ def _log_ei_warped(
         ``... x J`` log-EI per component.
     """
     f_star = h(t_star)
-    shape = u.shape
-    mu, sd, u = mu.reshape(-1), sd.reshape(-1), u.reshape(-1)
     knots = h.latent_knots
-    if knots is None:
-        knots = mu.new_zeros(0)
+    knots = mu.new_zeros(0) if knots is None else knots.to(mu)
+    shape = u.shape
+    mu, sd, u = mu.reshape(-1, 1), sd.reshape(-1, 1), u.reshape(-1, 1)  # `N x 1`
     above = u >= 0
-    ia, ib = above.nonzero().squeeze(-1), (~above).nonzero().squeeze(-1)
-    out = torch.zeros_like(u)
-    L = math.sqrt(2 * WINDOW_LOG_DECAY)
-    if ia.numel():  # the improving side starts in the component's upper tail
-        m, s_, ua = mu[ia, None], sd[ia, None], u[ia, None]  # `N_a x 1`
-        W = torch.sqrt(ua.square() + L**2) - ua
-        kn = ((knots.to(mu) - m) / s_ - ua).clamp(min=0).minimum(W)  # `N_a x knots`
-        edges = torch.cat([torch.zeros_like(W), kn, W], -1).sort(-1).values
-        s, w = _panel_rule(edges, NUM_LEGENDRE_NODES)  # `N_a x P k`
-        g = h(m + s_ * (ua + s)) - f_star
-        ok = (g > 0) & (w > 0)
-        safe = lambda t: torch.where(ok, t, torch.ones_like(t))  # noqa: E731
-        terms = safe(g).log() + safe(w).log() - ua * s - s.square() / 2
-        terms = torch.where(ok, terms, torch.full_like(terms, -math.inf))
-        log_a = torch.logsumexp(terms, -1) - ua.squeeze(-1).square() / 2 - 0.5 * math.log(2 * math.pi)
-        out = out.index_put((ia,), log_a)
-    if ib.numel():  # the component's bulk improves
-        m, s_, ub = mu[ib, None], sd[ib, None], u[ib, None]
-        lo = ub.clamp_min(-L)
-        kn = ((knots.to(mu) - m) / s_).maximum(lo).clamp_max(L)
-        splits = _BULK_SPLITS.to(lo).expand(*lo.shape[:-1], -1).maximum(lo)
-        edges = torch.cat([lo, splits, kn, torch.full_like(lo, L)], -1).sort(-1).values
-        v, w = _panel_rule(edges, NUM_LEGENDRE_NODES)
-        g = h(m + s_ * v) - f_star
-        ei_b = (w * g * torch.exp(-v.square() / 2)).sum(-1) / math.sqrt(2 * math.pi)
-        out = out.index_put((ib,), ei_b.clamp_min(torch.finfo(mu.dtype).tiny).log())
+    zero = torch.zeros_like(u)
+    if mu.device.type not in _BRANCH_BY_INDEX_DEVICES:  # both branches: no host sync
+        log_a = _log_ei_upper_tail(h, f_star, knots, mu, sd, torch.where(above, u, zero))
+        log_b = _log_ei_bulk(h, f_star, knots, mu, sd, torch.where(above, zero, u))
+        return torch.where(above, log_a, log_b).reshape(shape)
+    out = zero.squeeze(-1)
+    ia, ib = above.squeeze(-1).nonzero().squeeze(-1), (~above).squeeze(-1).nonzero().squeeze(-1)
+    if ia.numel():
+        out = out.index_put((ia,), _log_ei_upper_tail(h, f_star, knots, mu[ia], sd[ia], u[ia]).squeeze(-1))
+    if ib.numel():
+        out = out.index_put((ib,), _log_ei_bulk(h, f_star, knots, mu[ib], sd[ib], u[ib]).squeeze(-1))
     return out.reshape(shape)
+
+
+def _log_ei_upper_tail(
+    h: IncreasingOutcomeMap, f_star: Tensor, knots: Tensor, mu: Tensor, sd: Tensor, u: Tensor
+) -> Tensor:
+    r"""`N x 1` log-EI of components with `u >= 0` (`N x 1` inputs; see
+    :func:`_log_ei_warped`)."""
+    L = math.sqrt(2 * WINDOW_LOG_DECAY)
+    W = torch.sqrt(u.square() + L**2) - u
+    kn = ((knots - mu) / sd - u).clamp(min=0).minimum(W)  # `N x knots`
+    edges = torch.cat([torch.zeros_like(W), kn, W], -1).sort(-1).values
+    s, w = _panel_rule(edges, NUM_LEGENDRE_NODES)  # `N x P k`
+    g = h(mu + sd * (u + s)) - f_star
+    ok = (g > 0) & (w > 0)
+    safe = lambda t: torch.where(ok, t, torch.ones_like(t))  # noqa: E731
+    terms = safe(g).log() + safe(w).log() - u * s - s.square() / 2
+    terms = torch.where(ok, terms, torch.full_like(terms, -math.inf))
+    return torch.logsumexp(terms, -1, keepdim=True) - u.square() / 2 - 0.5 * math.log(2 * math.pi)
+
+
+def _log_ei_bulk(
+    h: IncreasingOutcomeMap, f_star: Tensor, knots: Tensor, mu: Tensor, sd: Tensor, u: Tensor
+) -> Tensor:
+    r"""`N x 1` log-EI of components with `u < 0` (`N x 1` inputs; see
+    :func:`_log_ei_warped`)."""
+    L = math.sqrt(2 * WINDOW_LOG_DECAY)
+    lo = u.clamp_min(-L)
+    kn = ((knots - mu) / sd).maximum(lo).clamp_max(L)
+    splits = _BULK_SPLITS.to(lo).expand(lo.shape[0], -1).maximum(lo)
+    edges = torch.cat([lo, splits, kn, torch.full_like(lo, L)], -1).sort(-1).values
+    v, w = _panel_rule(edges, NUM_LEGENDRE_NODES)
+    g = h(mu + sd * v) - f_star
+    ei = (w * g * torch.exp(-v.square() / 2)).sum(-1, keepdim=True) / math.sqrt(2 * math.pi)
+    return ei.clamp_min(torch.finfo(mu.dtype).tiny).log()
 
 
 def _panel_rule(edges: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -370,6 +388,9 @@ def _panel_rule(edges: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return (a + (b - a) * x).flatten(-2), ((b - a) * omega).flatten(-2)
 
 
+#: Devices on which each component runs only its own branch of the improvement integral
+#: (index selection costs a host sync, cheap on the CPU); elsewhere both run.
+_BRANCH_BY_INDEX_DEVICES = ("cpu",)
 #: Interior panel edges (standard units) of integrals over a Gaussian's bulk.
 _BULK_SPLITS = torch.tensor([-3.0, 0.0, 3.0])
 

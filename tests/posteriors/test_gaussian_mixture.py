@@ -165,6 +165,25 @@ def test_affine_closed_form_is_botorchs_log_ei():
     torch.testing.assert_close(post.log_expected_improvement(best_f), expected)
 
 
+def test_both_branches_path_equals_the_indexed_one(monkeypatch):
+    r"""Off the CPU every component runs both branches (no host sync): same values and
+    gradients as the CPU's index selection."""
+    import botorch_community.posteriors.gaussian_mixture as gm
+
+    base = _posterior(True)
+    best_f = torch.quantile(base.outcome_map(base.means), 0.5)  # both branches occur
+    res = []
+    for devices in (("cpu",), ()):
+        monkeypatch.setattr(gm, "_BRANCH_BY_INDEX_DEVICES", devices)
+        mu = base.means.clone().requires_grad_(True)
+        post = GaussianMixtureRiemannPosterior(mu, base.stds, base.log_weights,
+                                               base.latent_borders, base.outcome_map)  # fmt: skip
+        val = post.log_expected_improvement(best_f)
+        res.append((val.detach(), torch.autograd.grad(val.sum(), mu)[0]))
+    torch.testing.assert_close(res[0], res[1], rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(res[1][1]).all()
+
+
 def test_shape_errors_and_validation():
     mu = torch.zeros(3, 1, 2, dtype=DT)
     latent = torch.linspace(-5, 5, 11, dtype=DT)
