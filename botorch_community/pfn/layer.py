@@ -165,7 +165,7 @@ class PFNLayer(nn.Module):
             dist = scaled_sqdist(s, sqdist)  # `B x nhead x q x n`
             if n > 0:  # subtract a soft minimum over the context rows
                 t = METRIC_SOFTMIN_TEMPERATURE
-                dist = dist + t * torch.logsumexp(-dist / t, dim=-1, keepdim=True)
+                dist = dist + t * _logsumexp_no_denormals(-dist / t)
             bias = F.pad(-dist, (1, 0))  # the context token (key 0) gets 0
             return bias * self.metric_gate.to(dt).view(-1, 1, 1)
 
@@ -225,4 +225,14 @@ class PFNLayer(nn.Module):
         a = a.transpose(-3, -2).flatten(-2)  # `B x m x e`
         h = h + F.dropout(self.out_proj(a), drop, self.training)
         return h + F.dropout(self.mlp(self.norm_mlp(h)), drop, self.training)
+
+
+def _logsumexp_no_denormals(x: Tensor) -> Tensor:
+    r"""`logsumexp` over the last dim, `... x 1`, with terms below `exp(-80)` of the
+    largest dropped: equal to round-off, but no `exp` of arguments below about -708,
+    whose denormal results take the CPU's slow path (at `tau = 0.01` most rows of a
+    context are that far: it was a tenth of an encode)."""
+    m = x.amax(-1, keepdim=True).detach()  # any constant is exact; detached: no NaN paths
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return (x - m).clamp_min(-80.0).exp().sum(-1, keepdim=True).log() + m
 

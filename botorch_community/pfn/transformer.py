@@ -467,6 +467,7 @@ class PFNTransformer(nn.Module):
             flattened contexts (or None), the flattened test inputs `qX` (`b x m x d`)
             and the batch shape.
         """
+        query_X = test_X  # for the GP head: in its own dtype (the head computes in float64)
         train_X, train_Y, test_X = self._cast(train_X, train_Y, test_X)
         if train_X.shape[:-2] != test_X.shape[:-2]:
             raise ValueError(
@@ -482,7 +483,7 @@ class PFNTransformer(nn.Module):
         token, h, _, _ = self._run_layers(h, cX, qX)
         cYvar = None if train_Yvar is None else train_Yvar.reshape(b, n, 1)
         fit = self._fit_gp(token, cX, cY, cYvar, gp_init)
-        return h, fit, qX, batch_shape
+        return h, fit, query_X.reshape(b, m, d), batch_shape
 
     def gp_mixture(
         self,
@@ -761,9 +762,10 @@ class PFNTransformer(nn.Module):
         """
         if kv_cache.num_layers != len(self.layers):
             raise RuntimeError("This KVCache was computed by a different network.")
+        raw_X = test_X  # the GP head's queries: not rounded to the network's dtype
         (test_X,) = self._cast(test_X)
         h, restore = to_cache_layout(self.encode_x(test_X), kv_cache.batch_shape)
-        qX = cX = None  # `Bc x M x d`, `Bc x n x d`
+        qX = gX = cX = None  # `Bc x M x d` (network's dtype, and raw), `Bc x n x d`
         if kv_cache.context_X is not None:
             if kv_cache.context_X.shape[-1] != test_X.shape[-1]:
                 raise ValueError(
@@ -771,6 +773,7 @@ class PFNTransformer(nn.Module):
                     f"has d={kv_cache.context_X.shape[-1]}."
                 )
             qX, _ = to_cache_layout(test_X, kv_cache.batch_shape)
+            gX, _ = to_cache_layout(raw_X, kv_cache.batch_shape)
             cX = kv_cache.context_X.reshape(h.shape[0], *kv_cache.context_X.shape[-2:])
         elif self.metric_attention or (self.gp_head and kv_cache.num_context > 0):
             raise RuntimeError("This KVCache lacks the context inputs the network needs.")
@@ -782,14 +785,16 @@ class PFNTransformer(nn.Module):
             # 0.2 MB per query) whatever the number of candidates.
             parts = [
                 self._predict_queries(
-                    h[:, i : i + chunk], kv_cache, None if qX is None else qX[:, i : i + chunk],
+                    h[:, i : i + chunk], kv_cache,
+                    None if qX is None else qX[:, i : i + chunk],
+                    None if gX is None else gX[:, i : i + chunk],
                     cX, gp_borders, gp_observation_noise,
-                )
+                )  # fmt: skip
                 for i in range(0, M, chunk)
             ]
             return restore(torch.cat(parts, dim=-2))
         return restore(
-            self._predict_queries(h, kv_cache, qX, cX, gp_borders, gp_observation_noise)
+            self._predict_queries(h, kv_cache, qX, gX, cX, gp_borders, gp_observation_noise)
         )
 
     def predict_gp_mixture(
@@ -818,7 +823,8 @@ class PFNTransformer(nn.Module):
                 f"test_X has d={test_X.shape[-1]} features but the cached context "
                 f"has d={kv_cache.context_X.shape[-1]}."
             )
-        (test_X,) = self._cast(test_X)
+        # not cast to the network's dtype: the head's algebra is float64, and float64
+        # candidates must not be rounded (L-BFGS-B would see float32 steps)
         qX, restore = to_cache_layout(test_X, kv_cache.batch_shape)  # `Bc x M x d`
         M, chunk = qX.shape[-2], PREDICT_CHUNK_QUERIES
         if M > chunk and not (torch.is_grad_enabled() and test_X.requires_grad):
@@ -834,19 +840,21 @@ class PFNTransformer(nn.Module):
         h: Tensor,
         kv_cache: KVCache,
         qX: Optional[Tensor],
+        gX: Optional[Tensor],
         cX: Optional[Tensor],
         gp_borders: Optional[Tensor],
         gp_observation_noise: bool = True,
     ) -> Tensor:
         r"""Logits of `Bc x M` query tokens `h` (`Bc x M x e`) against the cache (in
-        the cache layout; `qX`: `Bc x M x d`, `cX`: `Bc x n x d` or None)."""
+        the cache layout; `qX`: `Bc x M x d` in the network's dtype, `gX` the same in
+        the caller's dtype (for the GP head), `cX`: `Bc x n x d` or None)."""
         if gp_borders is not None and kv_cache.gp_fit is not None:
-            return self.gp.mixture_log_probs(kv_cache.gp_fit, qX, gp_borders,
+            return self.gp.mixture_log_probs(kv_cache.gp_fit, gX, gp_borders,
                                              gp_observation_noise)  # fmt: skip
         sqdist = self._sqdist(qX, cX) if cX is not None else None  # `Bc x M x n x d`
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             h = layer.attend(h, k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]), sqdist)
-        return self._output_logits(h, kv_cache.gp_fit, qX)
+        return self._output_logits(h, kv_cache.gp_fit, gX)
 
 
 def _child_ids(modules: tuple[nn.Module, ...]) -> tuple[int, ...]:

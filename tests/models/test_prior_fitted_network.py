@@ -396,6 +396,21 @@ def test_lbfgs_sees_no_float32_noise_with_the_default_network():
     assert float(errors[torch.float64].median()) < 1e-6, errors
     assert float(errors[torch.float64].max()) < 1e-2, errors
     assert float(errors[torch.float32].median()) > 1e-3, errors  # what float64 avoids
+    # the GP head's predictive: a float32 network only proposes the particles, and the
+    # float64 candidates reach the head unrounded, so the surface stays float64-smooth
+    X = torch.rand(30, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    Y = f(X).unsqueeze(-1)
+    model = PFNModel(X, Y, network_dtype=torch.float32)
+    assert model.predictive == "gp" and model._network().dtype == torch.float32
+    acqf = DiscretizedLogExpectedImprovement(model, best_f=Y.max())
+    P = torch.rand(8, 1, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    with model.cache_training_context():
+        (grad,) = torch.autograd.grad(acqf(P.requires_grad_(True)).sum(), P)
+        h, E = 1e-5, torch.eye(6, dtype=torch.float64)
+        fd = torch.stack([(acqf(P.detach() + h * E[j]) - acqf(P.detach() - h * E[j])) / (2 * h)
+                          for j in range(6)], dim=-1)  # fmt: skip
+    err = (fd - grad.squeeze(1)).norm(dim=-1) / grad.squeeze(1).norm(dim=-1)
+    assert float(err.median()) < 1e-6, err
 
 
 # ------------------------------------------------------------ predictive="gp"
