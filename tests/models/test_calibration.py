@@ -73,7 +73,7 @@ def test_predictive_at_the_observations(contexts, predictive):
     reason="known gap: near an isolated incumbent the GP head's particles are "
     "overconfident (pooled coverage 0.32 / 0.64 for nominal 0.5 / 0.9); a fitted "
     "SingleTaskGP on the same contexts: 0.29 / 0.58 (one stationary lengthscale cannot "
-    "fit the narrow peak and the smooth base; out/calib_gp.py in the round-3 notes)",
+    "fit the narrow peak and the smooth base; train_Yvar=1e-6, Standardize)",
 )
 @pytest.mark.parametrize("predictive", ["gp"])
 def test_coverage_near_the_incumbent(contexts, predictive):
