@@ -16,6 +16,12 @@ provides expected improvement (EI), its logarithm (LogEI), probability of improv
 (PI), a quantile-based upper confidence bound (UCB) and the "noisy" EI of PFNs trained
 to predict improvements directly.
 
+Where the posterior is a
+:class:`~botorch_community.posteriors.gaussian_mixture.GaussianMixtureRiemannPosterior`
+(``PFNModel``'s default predictive: the GP head's Gaussian mixture, whose buckets are
+only its discretisation), EI, LogEI and PI integrate the mixture itself: ``J`` terms per
+candidate instead of ``B`` buckets, and no discretisation error.
+
 Conventions shared by all classes:
 
 * ``forward`` takes ``b x 1 x d`` candidates and returns ``b`` values (q = 1).
