@@ -166,15 +166,16 @@ class PFNModel(Model):
                 changes. If False, every call runs the reference path (the context is
                 re-encoded together with, and expanded to, each test batch), except
                 inside :meth:`cache_training_context`.
-            network_dtype: The dtype the network computes in. Default: float64 when
-                `train_X` is float64 (a float32 network is then evaluated by a float64
-                copy it holds: gradient-based acquisition optimisation sees no float32
-                round-off, so L-BFGS-B line searches do not fail on it), else the
-                network's own dtype. With ``predictive="gp"`` the network only proposes
-                the GP head's particles, once per context (the predictive and its
-                gradients are the head's float64 GP algebra), so ``torch.float32`` is
-                safe there and encodes about 1.3x faster on CPU (n = 200); results then
-                agree with float64 to float32 round-off.
+            network_dtype: The dtype the network computes in. Default: the network's
+                own dtype with ``predictive="gp"``: the network then only proposes the
+                GP head's particles, once per context, and the predictive and its
+                gradients are the head's float64 GP algebra on the unrounded candidates
+                (a float32 pass is about 1.3x faster per encode at n = 200 and needs no
+                float64 copy; results agree with a float64 pass to float32 round-off).
+                With ``predictive="mixture"``: float64 when `train_X` is float64 (a
+                float32 network is then evaluated by a float64 copy it holds: gradient-
+                based acquisition optimisation sees no float32 round-off, so L-BFGS-B
+                line searches do not fail on it), else the network's own dtype.
             ensemble_size: Average the predictive over this many input symmetries of
                 the prior (permutations and reflections of the input dimensions, the
                 identity first; see :mod:`botorch_community.pfn.symmetries`). Each
@@ -353,7 +354,7 @@ class PFNModel(Model):
         the constructor)."""
         if self._network_dtype is not None:
             return self._network_dtype
-        if self.train_X.dtype == torch.float64:
+        if self.train_X.dtype == torch.float64 and self.predictive != "gp":
             return torch.float64
         return self.pfn.dtype
 

@@ -108,8 +108,9 @@ def test_model_cached_equals_reference_with_hints(net, ensemble_size, pending):
         post = m.posterior(x, pending_X=pending_X)
         (g,) = torch.autograd.grad(post.mean.sum(), x)
         outs.append((post.probabilities.detach(), g))
+    atol = 1e-10 if models[0].network_dtype == torch.float64 else 1e-5  # its round-off
     for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+        torch.testing.assert_close(a, b, atol=atol * a.abs().max().clamp_min(1), rtol=0)
     # the hint matters
     unhinted = PFNModel(X5, Y, model=net, ensemble_size=ensemble_size,
                         input_transform=Normalize(3, bounds=torch.tensor([[0.0] * 3, [5.0] * 3])))

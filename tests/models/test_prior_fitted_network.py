@@ -316,14 +316,22 @@ def test_optimize_acqf_same_candidate_cached_and_reference(net):
 
 # ------------------------------------------------------- the dtype the network computes in
 def test_float64_data_use_a_shared_float64_copy_of_the_network(net):
+    r"""The network's full output evaluates a float32 network in float64 for float64
+    data; the GP head's predictive (float64 GP algebra on the network's particle
+    proposals) keeps the network's own dtype."""
     X, Y = _data(dtype=torch.float64)
-    a, b = PFNModel(X, Y, model=net), PFNModel(X[:5], Y[:5], model=net)
+    if net.gp_head:
+        gp = PFNModel(X, Y, model=net, predictive="gp")
+        assert gp.network_dtype == torch.float32 and gp._network() is net
+        assert gp.posterior(torch.rand(3, 1, 3, dtype=torch.float64)).mean.dtype == torch.float64
+    kw = {"predictive": "mixture"}
+    a, b = PFNModel(X, Y, model=net, **kw), PFNModel(X[:5], Y[:5], model=net, **kw)
     assert a.network_dtype == torch.float64 and net.dtype == torch.float32
     assert a._network() is b._network() is net.cast_copy(torch.float64)  # one copy
     assert a._network().dtype == torch.float64 and a.pfn is net  # the source is untouched
     clone = copy.deepcopy(net)  # a deep copy leaves the dtype copies behind
     assert "_cast_copies" not in clone.__dict__ and torch.equal(clone.borders, net.borders)
-    f32 = PFNModel(X, Y, model=net, network_dtype=torch.float32)
+    f32 = PFNModel(X, Y, model=net, network_dtype=torch.float32, **kw)
     assert f32._network() is net
     Xt = torch.rand(7, 3, dtype=torch.float64)
     p64, p32 = a.posterior(Xt), f32.posterior(Xt)
@@ -338,7 +346,7 @@ def test_float64_data_use_a_shared_float64_copy_of_the_network(net):
 
 def test_float64_copy_follows_weight_changes(net):
     X, Y = _data(dtype=torch.float64)
-    model = PFNModel(X, Y, model=net)
+    model = PFNModel(X, Y, model=net, predictive="mixture")
     Xt = torch.rand(4, 3, dtype=torch.float64)
     before = model.posterior(Xt).mean
     copy64 = model._network()
@@ -346,7 +354,7 @@ def test_float64_copy_follows_weight_changes(net):
         net.x_encoder.weight.mul_(1.5)  # an in-place edit of the source network
     assert model._network() is not copy64  # a new copy, and the old cache is stale
     after = model.posterior(Xt).mean
-    fresh = PFNModel(X, Y, model=net, cache_context=False).posterior(Xt).mean
+    fresh = PFNModel(X, Y, model=net, cache_context=False, predictive="mixture").posterior(Xt).mean
     assert not torch.allclose(before, after)
     assert torch.allclose(after, fresh, atol=1e-10)
 
@@ -615,8 +623,11 @@ def test_gp_predictive_acquisitions_cached_equal_reference(warp, ensemble_size, 
             val = acqf(Xq)
             (g,) = torch.autograd.grad(val.sum(), Xq)
             res.append((val.detach(), g))
-        torch.testing.assert_close(res[0][0], res[1][0], atol=1e-9, rtol=1e-7)
-        torch.testing.assert_close(res[0][1], res[1][1], atol=1e-9, rtol=1e-6)
+        # the network (float32 by default here) only proposes the particles: cached and
+        # reference agree to its round-off
+        assert models[0].network_dtype == torch.float32
+        torch.testing.assert_close(res[0][0], res[1][0], atol=1e-7, rtol=1e-4)
+        torch.testing.assert_close(res[0][1], res[1][1], atol=1e-7, rtol=1e-3)
         assert res[0][1].abs().max() > 0
     # the mixture's EI is the bucket view's, to the buckets' resolution
     post = models[0].posterior(Xq.detach())
