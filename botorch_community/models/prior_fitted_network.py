@@ -562,12 +562,18 @@ class PFNModel(Model):
                 believed = self._believed_targets(
                     train_X, ctx_Y, ctx_Yvar, pending_X, tmap, negate_train_ys
                 )  # n_pending x 1, network space
-                train_X = torch.cat([train_X, pending_X], dim=-2)
-                ctx_Y = torch.cat([ctx_Y, believed], dim=-2)
-                if ctx_Yvar is not None:
+                if self.pfn.noise_hint and PENDING_NOISE_FREE:
+                    # the believed value is the latent function's mean there: a noise-free
+                    # row (the observed rows' noise stays as it was: unknown, or given)
+                    if ctx_Yvar is None:
+                        ctx_Yvar = torch.full_like(ctx_Y, float("nan"))
+                    ctx_Yvar = torch.cat([ctx_Yvar, torch.zeros_like(believed)], dim=-2)
+                elif ctx_Yvar is not None:
                     ctx_Yvar = torch.cat(
                         [ctx_Yvar, self._typical_Yvar(ctx_Yvar, believed)], dim=-2
                     )
+                train_X = torch.cat([train_X, pending_X], dim=-2)
+                ctx_Y = torch.cat([ctx_Y, believed], dim=-2)
         return _Context(train_X, ctx_Y, ctx_Yvar, tmap)
 
     def _believed_targets(
@@ -1066,6 +1072,12 @@ class _Context(NamedTuple):
     Yvar: Optional[Tensor]  # `n x 1` known noise variances, standardised (noise hints)
     target_map: TargetMap  # user units <-> the network's space
 
+
+#: Pending points enter the context as noise-free rows at their believed (mean) values,
+#: for networks with noise hints: the latent function is then pinned there, so EI beside a
+#: pending point drops and batches spread (as noisy rows with the particles' inferred
+#: noise, a q = 4 batch in Ax had points 0.005 apart, against the GP's 0.025).
+PENDING_NOISE_FREE = True
 
 #: Buckets of the GP-only predictive (``predictive="gp"``).
 GP_NUM_BUCKETS = 1000
