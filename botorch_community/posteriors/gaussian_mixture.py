@@ -202,20 +202,14 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
 
     # ----------------------------------------------------------------- moments
     def _moment_rule(self) -> tuple[Tensor, Tensor]:
-        r"""`(h(mu + sd v_k), w_j omega_k phi(v_k))`, each ``batch_shape x q x J x K``:
-        Gauss-Legendre on `[-sqrt(70), sqrt(70)]`, panels split at the kinks of `h`."""
-        L = math.sqrt(2 * WINDOW_LOG_DECAY)
-        lo = torch.full_like(self.means, -L).unsqueeze(-1)
+        r"""`(h(mu + sd v_k), w_j omega_k)`, each ``batch_shape x q x J x K``: the normal
+        expectation rule of :func:`_normal_rule` on `[-sqrt(70), sqrt(70)]`."""
+        mu, sd = self.means.unsqueeze(-1), self.stds.unsqueeze(-1)
         knots = self.outcome_map.latent_knots
-        inner = [] if knots is None else [
-            ((knots.to(self.means) - self.means.unsqueeze(-1)) / self.stds.unsqueeze(-1)).clamp(-L, L)
-        ]  # fmt: skip
-        splits = _BULK_SPLITS.to(lo).expand(*lo.shape[:-1], -1)
-        edges = torch.cat([lo, splits, *inner, -lo], -1).sort(-1).values
-        v, w = _panel_rule(edges, NUM_LEGENDRE_NODES)
-        y = self.outcome_map(self.means.unsqueeze(-1) + self.stds.unsqueeze(-1) * v)
-        phi = torch.exp(-v.square() / 2) / math.sqrt(2 * math.pi)
-        return y, self.log_weights.exp().unsqueeze(-1) * w * phi
+        knots = mu.new_zeros(0) if knots is None else knots.to(mu)
+        lo = torch.full_like(mu, -math.sqrt(2 * WINDOW_LOG_DECAY))
+        v, w = _normal_rule(mu, sd, knots, lo)
+        return self.outcome_map(mu + sd * v), self.log_weights.exp().unsqueeze(-1) * w
 
     @property
     def mean(self) -> Tensor:
@@ -368,15 +362,31 @@ def _log_ei_bulk(
 ) -> Tensor:
     r"""`N x 1` log-EI of components with `u < 0` (`N x 1` inputs; see
     :func:`_log_ei_warped`)."""
+    v, w = _normal_rule(mu, sd, knots, u.clamp_min(-math.sqrt(2 * WINDOW_LOG_DECAY)))
+    ei = (w * (h(mu + sd * v) - f_star)).sum(-1, keepdim=True)
+    return ei.clamp_min(torch.finfo(mu.dtype).tiny).log()
+
+
+def _normal_rule(mu: Tensor, sd: Tensor, knots: Tensor, lo: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Nodes `v_k` and weights `omega_k phi(v_k)` of :math:`\int_{lo}^{L} f(v) \phi(v) dv`,
+    `L = sqrt(70)` (the normal density is below `exp(-35)` beyond): Gauss-Legendre on
+    panels split at -3, 0, 3 and at the kinks of the outcome map (`knots`, latent axis;
+    in each component's units `(knots - mu) / sd`).
+
+    Args:
+        mu, sd: ``... x 1`` component means and standard deviations.
+        knots: 1-dim latent kinks (may be empty).
+        lo: ``... x 1`` lower ends, at least `-L`.
+
+    Returns:
+        Two ``... x K`` tensors.
+    """
     L = math.sqrt(2 * WINDOW_LOG_DECAY)
-    lo = u.clamp_min(-L)
     kn = ((knots - mu) / sd).maximum(lo).clamp_max(L)
-    splits = _BULK_SPLITS.to(lo).expand(lo.shape[0], -1).maximum(lo)
+    splits = _BULK_SPLITS.to(lo).expand(*lo.shape[:-1], -1).maximum(lo)
     edges = torch.cat([lo, splits, kn, torch.full_like(lo, L)], -1).sort(-1).values
     v, w = _panel_rule(edges, NUM_LEGENDRE_NODES)
-    g = h(mu + sd * v) - f_star
-    ei = (w * g * torch.exp(-v.square() / 2)).sum(-1, keepdim=True) / math.sqrt(2 * math.pi)
-    return ei.clamp_min(torch.finfo(mu.dtype).tiny).log()
+    return v, w * torch.exp(-v.square() / 2) / math.sqrt(2 * math.pi)
 
 
 def _panel_rule(edges: Tensor, k: int) -> tuple[Tensor, Tensor]:
