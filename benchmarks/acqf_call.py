@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("--candidates", type=int, nargs="+", default=[1, 32, 1024])
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--out", default=None)
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on cuda, skip the CUDAGraphAcquisitionFunction column")
     args = p.parse_args()
     C.use_checkout()
     C.set_threads(args.threads)
@@ -47,6 +49,7 @@ def main() -> None:
     from torch.quasirandom import SobolEngine
     from tqdm import tqdm
 
+    from botorch_community.acquisition.cuda_graph import CUDAGraphAcquisitionFunction
     from botorch_community.acquisition.discretized import DiscretizedLogExpectedImprovement
     from botorch_community.models.prior_fitted_network import PFNModel
     from botorch_community.pfn import default_network
@@ -68,6 +71,7 @@ def main() -> None:
                 ts.append(time.perf_counter() - t0)
         return C.median(ts)
 
+    graphs = args.device == "cuda" and not args.no_cuda_graphs
     rows = []
     cells = [(n, m) for n in args.ns for m in args.candidates]
     for n, m in tqdm(cells, desc="acqf_call", unit="cell"):
@@ -83,10 +87,15 @@ def main() -> None:
             with torch.no_grad():
                 pfn.posterior(X[:1].unsqueeze(1))  # encode
             t_pfn = timed_call(acq, Xq)
+            t_graph = timed_call(CUDAGraphAcquisitionFunction(acq), Xq) if graphs else None
             assert pfn.num_encodings <= 1
         t_gp = timed_call(gp_acq, Xq)
-        rows.append(dict(n=n, candidates=m, pfn_s=t_pfn, gp_s=t_gp, ratio=t_pfn / t_gp))
-        tqdm.write(f"n={n} m={m}: PFN {t_pfn * 1e3:.2f} ms, GP {t_gp * 1e3:.2f} ms")
+        rows.append(dict(n=n, candidates=m, pfn_s=t_pfn, pfn_graph_s=t_graph, gp_s=t_gp,
+                         ratio=t_pfn / t_gp,
+                         graph_ratio=None if t_graph is None else t_graph / t_gp))
+        tqdm.write(f"n={n} m={m}: PFN {t_pfn * 1e3:.2f} ms, "
+                   + ("" if t_graph is None else f"PFN graphs {t_graph * 1e3:.2f} ms, ")
+                   + f"GP {t_gp * 1e3:.2f} ms")
     stem = Path(args.out or f"benchmarks/results/acqf_call{'_cuda' if args.device == 'cuda' else ''}")
     info = C.machine_info(args.device)
     C.write_json(stem.with_suffix(".json"), {"benchmark": "acqf_call", "args": vars(args),
@@ -102,8 +111,19 @@ def main() -> None:
         "",
         C.markdown_table(["n", "candidates", "PFN", "GP", "PFN / GP"],
                          [[r["n"], r["candidates"], C.fmt_s(r["pfn_s"]), C.fmt_s(r["gp_s"]),
-                           f"{r['ratio']:.2f}x"] for r in rows]),
+                           f"{r['ratio']:.2f}x"] for r in rows])
+        if not graphs else
+        C.markdown_table(["n", "candidates", "PFN", "PFN, CUDA graphs", "GP", "PFN / GP",
+                          "PFN graphs / GP"],
+                         [[r["n"], r["candidates"], C.fmt_s(r["pfn_s"]),
+                           C.fmt_s(r["pfn_graph_s"]), C.fmt_s(r["gp_s"]), f"{r['ratio']:.2f}x",
+                           f"{r['graph_ratio']:.2f}x"] for r in rows]),
     ]
+    if graphs:
+        lines.append("")
+        lines.append("PFN, CUDA graphs: the same acquisition function wrapped in "
+                     "`CUDAGraphAcquisitionFunction` (the call captured once per batch "
+                     "shape and replayed).")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -117,7 +117,8 @@ RETRY_MSG = "Trying again with a new set of initial conditions"
 SECOND_FAIL_MSG = "failed on the second try"
 METHOD_LABELS = {"gp": "SingleTaskGP + LogEI", "pfn_default": 'PFN (predictive="mixture")',
                  "pfn_gp": 'PFN (predictive="gp")',
-                 "pfn_warm": 'PFN (predictive="gp", warm_start)'}
+                 "pfn_warm": 'PFN (predictive="gp", warm_start)',
+                 "pfn_graphs": 'PFN (predictive="gp", warm_start, CUDA graphs)'}
 
 
 def parse_setting(s: str) -> tuple[int, int]:
@@ -200,6 +201,7 @@ class Bench:
         from botorch.optim import optimize_acqf
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
+        from botorch_community.acquisition.cuda_graph import CUDAGraphAcquisitionFunction
         from botorch_community.acquisition.discretized import DiscretizedLogExpectedImprovement
         from botorch_community.models.prior_fitted_network import PFNModel
 
@@ -228,9 +230,10 @@ class Bench:
             out.update(fit_s=t1 - t0, optimize_s=t2 - t1, total_s=t2 - t0,
                        fit_warnings=count_warnings(ws_fit))
         else:
-            predictive = {"pfn_default": "mixture", "pfn_gp": "gp", "pfn_warm": "gp"}[method]
+            predictive = {"pfn_default": "mixture", "pfn_gp": "gp", "pfn_warm": "gp",
+                          "pfn_graphs": "gp"}[method]
             warm = None
-            if method == "pfn_warm":  # the previous iteration's model (untimed)
+            if method in ("pfn_warm", "pfn_graphs"):  # the previous iteration's model (untimed)
                 warm = PFNModel(X[:-1], Y[:-1], model=self.net, network_dtype=self.ndt,
                                 predictive=predictive)
                 with warm.cache_training_context(), torch.no_grad():
@@ -242,6 +245,8 @@ class Bench:
                 model = PFNModel(X, Y, model=self.net, network_dtype=self.ndt,
                                  predictive=predictive, warm_start=warm)
                 acqf = DiscretizedLogExpectedImprovement(model, best_f=Y.max())
+                if method == "pfn_graphs":
+                    acqf = CUDAGraphAcquisitionFunction(acqf)
                 counting(acqf, counts)
                 self._sync()
                 t1 = time.perf_counter()
@@ -311,10 +316,11 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=None,
                    help="optimize_acqf settings NUM_RESTARTSxRAW_SAMPLES (default 10x512 "
                         "32x1024; --quick 4x64)")
-    p.add_argument("--variants", nargs="+", default=None, choices=["default", "gp", "warm"],
+    p.add_argument("--variants", nargs="+", default=None, choices=["default", "gp", "warm", "graphs"],
                    help="PFN variants (default: default and gp; warm: gp with "
-                   "warm_start= the model of the first n - 1 rows, built untimed); the GP "
-                   "baseline always runs")
+                   "warm_start= the model of the first n - 1 rows, built untimed; graphs: "
+                   "warm with the acquisition function in CUDAGraphAcquisitionFunction); "
+                   "the GP baseline always runs")
     p.add_argument("--repeats", type=int, default=None, help="timed iterations (default 3)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed iterations per (d, n, setting, method) first (default 1)")
@@ -459,7 +465,7 @@ def plot(results: list[dict], path: Path, args) -> None:
     fig, axes = plt.subplots(len(ds), len(ss), figsize=(5.2 * len(ss), 3.9 * len(ds)),
                              squeeze=False, sharex=True)
     styles = {"gp": ("k", "^"), "pfn_default": ("C0", "o"), "pfn_gp": ("C1", "s"),
-              "pfn_warm": ("C2", "D")}
+              "pfn_warm": ("C2", "D"), "pfn_graphs": ("C3", "v")}
     methods = ["gp"] + [f"pfn_{v}" for v in args.variants]
     for i, d in enumerate(ds):
         for j, s in enumerate(ss):

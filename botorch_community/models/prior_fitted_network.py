@@ -33,6 +33,7 @@ from gpytorch.likelihoods.gaussian_likelihood import FixedNoiseGaussianLikelihoo
 from torch import Tensor
 
 from botorch_community.models._model_options import construct_pfn_inputs
+from botorch_community.models.deferred_checks import check_or_defer, deferring_checks
 from botorch_community.pfn.kv_cache import KVCache
 from botorch_community.pfn.networks import load_network
 from botorch_community.pfn.target_map import TargetMap
@@ -282,6 +283,7 @@ class PFNModel(Model):
         self._fitted_particles: Optional[Tensor] = None  # see `fitted_particles`
         self._gp_init: Optional[Tensor] = None  # where the GP refinement starts
         self._gp_borders_memo: Optional[tuple] = None  # see `_checked_gp_borders`
+        self._context_memo: Optional[tuple] = None  # see `_context`
         self.warm_start_from(self._warm_start_particles(warm_start, network))
         self._warned_outside_cube = False
         if input_transform is None:
@@ -538,12 +540,47 @@ class PFNModel(Model):
         r"""The network's context: transformed inputs, targets in the network's space
         and, for a network with noise hints, the known noise variances in that space.
 
+        Built once and reused while what it is built from stays the same (the same
+        tensors, unedited: :func:`_tensors_state`), so a posterior call in the steady
+        state does no work and no host sync for it.
+
         Returns:
             A :class:`_Context`: `X` (`n' x d`), `Y` (`n' x 1`; pending rows: believed
             targets),
             `Yvar` (`n' x 1` or None), and the :class:`TargetMap` between user units
             and the network's space.
         """
+        sources, state = self._context_sources(pending_X)
+        other = (negate_train_ys, self.warp_targets, PENDING_NOISE_FREE,
+                 None if pending_X is None else self.pfn.weights_state())  # fmt: skip
+        memo = self._context_memo  # (sources, their state, other, context)
+        if (
+            memo is not None
+            and len(memo[0]) == len(sources)
+            and all(a is b for a, b in zip(memo[0], sources))
+            and memo[1] == state
+            and memo[2] == other
+        ):
+            return memo[3]
+        ctx = self._build_context(pending_X, negate_train_ys)
+        # the memo holds the sources themselves: their ids cannot be reused meanwhile
+        self._context_memo = (sources, state, other, ctx)
+        return ctx
+
+    def _context_sources(self, pending_X: Optional[Tensor] = None) -> tuple[tuple, tuple]:
+        r"""What the context is built from (the data tensors and the input transform,
+        compared by identity) and the state of their values (:func:`_tensors_state`;
+        the transform's buffers by storage and version: BoTorch's transforms re-wrap
+        them on every call)."""
+        sources = (self.train_X, self.train_Y, self.train_Yvar, pending_X)
+        state = _tensors_state(sources)
+        if hasattr(self, "input_transform"):
+            sources = sources + (self.input_transform,)
+            state = state + _tensors_state(tuple(self.input_transform.buffers()))
+        return sources, state
+
+    def _build_context(self, pending_X: Optional[Tensor], negate_train_ys: bool) -> "_Context":
+        r"""The :meth:`_context`, computed."""
         with torch.no_grad():
             train_X = self.train_X
             if hasattr(self, "input_transform"):
@@ -692,6 +729,27 @@ class PFNModel(Model):
             return self._kv_cache
         return None
 
+    def replay_state(self) -> Optional[tuple]:
+        r"""What a replayed (captured) posterior call relies on, for
+        :class:`~botorch_community.acquisition.cuda_graph.CUDAGraphAcquisitionFunction`:
+        the held cache, the network's weights, and the training data and input
+        transform the context was built from. A capture made under one state is valid
+        exactly while this returns an equal tuple (its items compare by identity and
+        version counters, with no host sync).
+
+        Returns:
+            The state, or None when nothing is cached (outside
+            :meth:`cache_training_context`, or before the first posterior call in it):
+            then every call re-encodes and nothing may be replayed.
+        """
+        if not self._caching or self._kv_cache is None:
+            return None
+        sources, state = self._context_sources()
+        return (
+            _Same(self._kv_cache), _Same(self._context_memo), self.training,
+            self.pfn.weights_state(), tuple(_Same(t) for t in sources), state,
+        )  # fmt: skip
+
     @property
     def _caching(self) -> bool:
         return self.cache_context or self._cache_depth > 0
@@ -722,6 +780,7 @@ class PFNModel(Model):
         self._kv_cache = None
         self._cache_key = None
         self._believed_memo = None
+        self._context_memo = None
 
     # ----------------------------------------------------------------- posterior
     def _prepare_X(self, X: Tensor) -> Tensor:
@@ -733,28 +792,32 @@ class PFNModel(Model):
             )
         if X.dim() == 1:
             X = X.unsqueeze(0)
+        X_t = self.transform_inputs(X)
+        # one host sync for both checks (none under `deferred_checks`, e.g. graph capture)
+        finite = torch.isfinite(X.detach()).all() & torch.isfinite(X_t.detach()).all()
+        check_or_defer(finite, lambda: self._non_finite_input_error(X))
+        if not hasattr(self, "input_transform") and not deferring_checks():
+            self._warn_outside_cube(X_t, stacklevel=5)
+        return X_t
+
+    def _non_finite_input_error(self, X: Tensor) -> ValueError:
         if not torch.isfinite(X.detach()).all():
-            raise ValueError(
+            return ValueError(
                 "X contains NaN or inf values; the posterior is only defined at finite "
                 "inputs."
             )
-        X_t = self.transform_inputs(X)
-        if not torch.isfinite(X_t.detach()).all():
-            raise ValueError(
-                f"The input transform {type(self.input_transform).__name__} maps finite "
-                "X to NaN or inf (e.g. a log of non-positive inputs, or bounds of zero "
-                "width); check its bounds against X."
-            )
-        if not hasattr(self, "input_transform"):
-            self._warn_outside_cube(X_t, stacklevel=5)
-        return X_t
+        return ValueError(
+            f"The input transform {type(self.input_transform).__name__} maps finite "
+            "X to NaN or inf (e.g. a log of non-positive inputs, or bounds of zero "
+            "width); check its bounds against X."
+        )
 
     def _warn_outside_cube(self, X: Tensor, stacklevel: int) -> None:
         r"""Warn (once per model) about inputs outside the unit cube."""
         if self._warned_outside_cube:
             return
         with torch.no_grad():
-            outside = bool((X < -1e-6).any() or (X > 1 + 1e-6).any())
+            outside = bool(((X < -1e-6) | (X > 1 + 1e-6)).any())
         if outside:
             self._warned_outside_cube = True
             warnings.warn(
@@ -1097,29 +1160,65 @@ class _CacheKey(NamedTuple):
     Yvar: Optional[Tensor]  # standardised noise hints, or None
     training: bool  # the network's mode
     state: tuple  # the shared network's weights state
+    sources: tuple  # the tensors the copies were made from, and their `_tensors_state`
 
     @classmethod
     def of(
         cls, net: torch.nn.Module, state: tuple, X: Tensor, Y: Tensor, Yvar: Optional[Tensor]
     ) -> "_CacheKey":
         r"""The key of a context (copies of its tensors)."""
+        sources = (X, Y, Yvar)
         return cls(X.clone(), Y.clone(), None if Yvar is None else Yvar.clone(),
-                   net.training, state)  # fmt: skip
+                   net.training, state, (sources, _tensors_state(sources)))  # fmt: skip
 
     def matches(
         self, net: torch.nn.Module, state: tuple, X: Tensor, Y: Tensor, Yvar: Optional[Tensor]
     ) -> bool:
-        r"""Whether a context and network state are the ones this key was made from."""
+        r"""Whether a context and network state are the ones this key was made from.
+
+        The very tensors the key was made from, unedited, match without a comparison
+        of values (no host sync: the steady state of a cached block, see
+        :meth:`PFNModel._context`)."""
+        if self.training != net.training or self.state != state:
+            return False
+        held, held_state = self.sources
+        if (
+            held[0] is X and held[1] is Y and held[2] is Yvar
+            and held_state == _tensors_state((X, Y, Yvar))
+        ):  # fmt: skip
+            return True
         return (
-            self.training == net.training
-            and self.state == state
-            and self.X.shape == X.shape
+            self.X.shape == X.shape
             and self.X.dtype == X.dtype
             and torch.equal(self.X, X)
             and _equal_with_nan(self.Y, Y)
             and (self.Yvar is None) == (Yvar is None)
             and (Yvar is None or _equal_with_nan(self.Yvar, Yvar))
         )
+
+
+class _Same:
+    r"""An object that compares equal only to a holder of the very same object (and
+    keeps it alive, so its id cannot be reused)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
+def _tensors_state(items: tuple) -> tuple:
+    r"""What an in-place edit of the tensors among `items` changes: their version
+    counters, storage and shapes (other items contribute nothing)."""
+    return tuple(
+        (t._version, t.data_ptr(), t.shape) if isinstance(t, Tensor) else None for t in items
+    )
 
 
 def _equal_with_nan(a: Tensor, b: Tensor) -> bool:

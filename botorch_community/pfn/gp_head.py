@@ -76,6 +76,9 @@ class GPFit:
         theta: `b x J x (d + 2)` the raw particles as fitted (log lengthscales before
             the `sqrt(d)` scaling, log outputscale, log noise), in the network's
             particle order and never pruned: a warm start for the next fit.
+        matern_count: With the particles ordered Matérn first (:func:`_compact`), how
+            many are Matérn (a host-side int, so predictions need no host sync to choose
+            the kernels; e.g. under CUDA graph capture); None for any other order.
     """
 
     Z: Tensor
@@ -89,6 +92,7 @@ class GPFit:
     mean: Tensor
     matern: Tensor
     theta: Tensor
+    matern_count: Optional[int] = None
 
     def tensors(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, n) for n in _GPFIT_FIELDS)
@@ -174,6 +178,7 @@ def _compact(fit: GPFit) -> GPFit:
         for n in _GPFIT_FIELDS:
             if n not in ("observed", "theta"):  # `b x J ...` (matern: `1 x J x 1 x 1`)
                 fields[n] = fields[n].index_select(1, keep)
+    fields["matern_count"] = int((keep_mask & is_m).sum())  # one host sync per fit
     return GPFit(**fields)
 
 
@@ -187,16 +192,25 @@ def _matern52(r2: Tensor) -> Tensor:
     return (1.0 + r + r.square() / 3.0) * torch.exp(-r)
 
 
-def unit_kernel(r2: Tensor, matern: Tensor) -> Tensor:
+def unit_kernel(r2: Tensor, matern: Tensor, matern_count: Optional[int] = None) -> Tensor:
     r"""Unit-variance Matérn-5/2 (where `matern`) or RBF kernel of scaled squared
     distances `r2` (`... x J x p x q`), with finite gradients at `r2 = 0`.
 
     `matern` is `1 x J x 1 x 1` (one kernel per particle): each particle's kernel is
     computed only for its own particles (half the work of computing both and selecting).
+    With `matern_count` (the particles ordered Matérn first, see :class:`GPFit`) the
+    choice is made without reading `matern` on the host.
     """
     is_m = matern.reshape(-1)
     if is_m.numel() != r2.shape[-3] or r2.dim() < 3:
         return torch.where(matern, _matern52(r2), torch.exp(-0.5 * r2))
+    if matern_count is not None:
+        r2m, r2r = r2.split([matern_count, r2.shape[-3] - matern_count], dim=-3)
+        if r2r.shape[-3] == 0:
+            return _matern52(r2)
+        if r2m.shape[-3] == 0:
+            return torch.exp(-0.5 * r2)
+        return torch.cat([_matern52(r2m), torch.exp(-0.5 * r2r)], dim=-3)
     if bool(is_m.all()):
         return _matern52(r2)
     if not bool(is_m.any()):
@@ -552,7 +566,7 @@ class GPHead(nn.Module):
         (`b x J x m`) and `v = L^{-1} k(context, queries)` (`b x J x n x m`), float64."""
         Zq = query_X.to(torch.float64).unsqueeze(1) * fit.inv_lengthscale.unsqueeze(-2)
         os = fit.outputscale[..., None, None]
-        ks = unit_kernel(_sqdist(Zq, fit.Z), fit.matern) * os
+        ks = unit_kernel(_sqdist(Zq, fit.Z), fit.matern, fit.matern_count) * os
         ks = ks * fit.observed[:, None, None, :]  # `b x J x m x n`
         mu = (ks @ fit.alpha.unsqueeze(-1)).squeeze(-1) + fit.mean.unsqueeze(-1)
         v = torch.linalg.solve_triangular(fit.L, ks.transpose(-1, -2), upper=False)
@@ -580,7 +594,7 @@ class GPHead(nn.Module):
             X = query_X.to(torch.float64)
             Zq, mu, v = self._conditioned(fit, X)  # `b x J x q x d`, `b x J x q`, ...
             os = fit.outputscale[..., None, None]
-            kqq = unit_kernel(_sqdist(Zq, Zq), fit.matern) * os  # `b x J x q x q`
+            kqq = unit_kernel(_sqdist(Zq, Zq), fit.matern, fit.matern_count) * os  # `b x J x q x q`
             q = X.shape[-2]
             eye = torch.eye(q, dtype=X.dtype, device=X.device)
             cov = kqq - v.transpose(-1, -2) @ v
