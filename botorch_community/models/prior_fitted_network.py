@@ -658,11 +658,18 @@ class PFNModel(Model):
         with _eval_mode(self.pfn):
             cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar, gp_init=self._gp_init)
             # `n_pending x 1 x d`: each pending point alone (no test-test attention)
-            logits = net.predict(pending_X.unsqueeze(-2), cache, gp_borders=gp_borders)
-        borders = tmap.inverse((self.pfn.borders if gp_borders is None else gp_borders).to(ctx_Y))
-        mean = BoundedRiemannPosterior(
-            borders=borders, probabilities=logits.to(ctx_Y).softmax(dim=-1)
-        ).mean  # n_pending x 1 x 1, user units
+            if gp_borders is not None and cache.gp_fit is not None:
+                # the latent function's mean (the row is noise-free), exact: E[h(t)]
+                mix = net.predict_gp_mixture(pending_X.unsqueeze(-2), cache, False)
+                posterior = _user_unit_mixture(mix, tmap, gp_borders, ctx_Y)
+            else:
+                logits = net.predict(pending_X.unsqueeze(-2), cache, gp_borders=gp_borders)
+                borders = self.pfn.borders if gp_borders is None else gp_borders
+                posterior = BoundedRiemannPosterior(
+                    borders=tmap.inverse(borders.to(ctx_Y)),
+                    probabilities=logits.to(ctx_Y).softmax(dim=-1),
+                )
+        mean = posterior.mean  # n_pending x 1 x 1, user units
         believed = tmap.forward(mean.reshape(-1, 1))
         key = _CacheKey.of(net, state, ctx_X, ctx_Y, ctx_Yvar)
         self._believed_memo = (key, negate_train_ys, pending_X.clone(), believed)
@@ -909,20 +916,8 @@ class PFNModel(Model):
         gp_borders = self._checked_gp_borders(ctx, X, pending_X is None)
         if gp_borders is None:
             return None
-        tmap = ctx.target_map
         mix = self._gp_mixture(X_t, ctx, observation_noise)  # `b? x q x J` fields
-        outcome_map = IncreasingOutcomeMap(
-            tmap.inverse, tmap.forward,
-            base_affine=None if tmap.warped else (tmap.std.to(X), tmap.mean.to(X)),
-            base_knots=tmap.latent_knots,
-        )  # fmt: skip
-        return GaussianMixtureRiemannPosterior(
-            means=mix.mean.to(X),
-            stds=mix.var.sqrt().to(X),
-            log_weights=mix.log_weights.to(X),
-            latent_borders=gp_borders.to(X),
-            outcome_map=outcome_map,
-        )
+        return _user_unit_mixture(mix, ctx.target_map, gp_borders, X)
 
     def _gp_mixture(self, X_t: Tensor, ctx: "_Context", observation_noise: bool) -> GPMixture:
         r"""The GP head's mixture at transformed inputs `X_t` (`b? x q x d`).
@@ -1195,6 +1190,26 @@ class _CacheKey(NamedTuple):
             and (self.Yvar is None) == (Yvar is None)
             and (Yvar is None or _equal_with_nan(self.Yvar, Yvar))
         )
+
+
+def _user_unit_mixture(
+    mix: GPMixture, tmap: TargetMap, gp_borders: Tensor, like: Tensor
+) -> GaussianMixtureRiemannPosterior:
+    r"""The GP head's mixture (`... x J` fields, network units) as a posterior in user
+    units: the context's target map `tmap` takes the network's axis to the user's (affine,
+    or the inverse warp), on the buckets `gp_borders` (network units), in `like`'s dtype."""
+    outcome_map = IncreasingOutcomeMap(
+        tmap.inverse, tmap.forward,
+        base_affine=None if tmap.warped else (tmap.std.to(like), tmap.mean.to(like)),
+        base_knots=tmap.latent_knots,
+    )  # fmt: skip
+    return GaussianMixtureRiemannPosterior(
+        means=mix.mean.to(like),
+        stds=mix.var.sqrt().to(like),
+        log_weights=mix.log_weights.to(like),
+        latent_borders=gp_borders.to(like),
+        outcome_map=outcome_map,
+    )
 
 
 class _Same:

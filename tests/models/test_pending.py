@@ -38,6 +38,18 @@ class TestPendingPoints(BotorchTestCase):
         # so the predictive at the pending point collapses (EI there drops)
         self.assertLess(pending.variance[0].sqrt().item(), 0.1 * free.variance.sqrt().item())
 
+    def test_believed_target_is_the_exact_latent_mean(self):
+        r"""With the GP predictive the believed target is the mixture's exact latent mean
+        (not a bucket average), for the affine and the warped target map."""
+        for warp in (False, True):
+            model, X, Y = _hartmann_model()
+            model.warp_targets = warp
+            P = torch.rand(3, 6, dtype=DT, generator=torch.Generator().manual_seed(2))
+            free = model.posterior(P.unsqueeze(1))  # latent predictive, no pending points
+            ctx = model._context(P, False)
+            believed = ctx.target_map.inverse(ctx.Y[-3:])  # user units
+            self.assertAllClose(believed.view(-1), free.mean.view(-1), rtol=1e-9, atol=1e-9)
+
     def test_believed_targets_reused_and_cache_kept(self):
         model, X, _ = _hartmann_model()
         P = torch.rand(3, 6, dtype=DT, generator=torch.Generator().manual_seed(1))
