@@ -248,6 +248,10 @@ class _ThresholdMixin:
 
     def _threshold(self, like: Tensor) -> Tensor:
         r"""``best_f`` in the oriented objective, as a scalar tensor like `like`."""
+        if self.best_f.device != like.device:
+            # moved once (e.g. a float incumbent for CUDA candidates): no host-to-device
+            # copy per call, which would also break CUDA graph capture
+            self.best_f = self.best_f.to(like.device)
         best_f = self.best_f.to(like)
         t = best_f if self.maximize else -best_f
         if self._pending_best is not None:
@@ -481,7 +485,7 @@ class DiscretizedLogExpectedImprovement(DiscretizedExpectedImprovement):
         lower, upper = posterior.lower_borders, posterior.upper_borders
         width = upper - lower
         t = self._threshold(probs)
-        neg_inf = torch.tensor(float("-inf"), dtype=probs.dtype, device=probs.device)
+        neg_inf = probs.new_full((), float("-inf"))  # a fill, no host-to-device copy
 
         positive = probs > 0
         log_p = torch.where(positive, probs, torch.ones_like(probs)).log()
@@ -502,7 +506,7 @@ class DiscretizedLogExpectedImprovement(DiscretizedExpectedImprovement):
 
         # surrogate where EI == 0: log E[tau * exp((z - t) / tau)]
         tau = (
-            torch.as_tensor(self.tail_scale, dtype=probs.dtype, device=probs.device)
+            probs.new_full((), float(self.tail_scale))
             if self.tail_scale is not None
             else width.mean()
         )

@@ -274,8 +274,9 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
         t_star, u = self._standardized_threshold(best_f)
         aff = self.outcome_map.affine
         if aff is not None:
-            kappa = torch.as_tensor(aff[0]).to(self.means)
-            log_ei = kappa.log() + self.stds.log() + _log_ei_helper(-u)  # `... x J`
+            # (a float scale stays on the host: no copy to the device per call)
+            log_kappa = aff[0].to(self.means).log() if torch.is_tensor(aff[0]) else math.log(aff[0])
+            log_ei = log_kappa + self.stds.log() + _log_ei_helper(-u)  # `... x J`
         else:
             log_ei = _log_ei_warped(self.outcome_map, self.means, self.stds, u, t_star)
         return torch.logsumexp(self.log_weights + log_ei, dim=-1)
@@ -383,7 +384,7 @@ def _normal_rule(mu: Tensor, sd: Tensor, knots: Tensor, lo: Tensor) -> tuple[Ten
     """
     L = math.sqrt(2 * WINDOW_LOG_DECAY)
     kn = ((knots - mu) / sd).maximum(lo).clamp_max(L)
-    splits = _BULK_SPLITS.to(lo).expand(*lo.shape[:-1], -1).maximum(lo)
+    splits = _on_device(_BULK_SPLITS, lo).expand(*lo.shape[:-1], -1).maximum(lo)
     edges = torch.cat([lo, splits, kn, torch.full_like(lo, L)], -1).sort(-1).values
     v, w = _panel_rule(edges, NUM_LEGENDRE_NODES)
     return v, w * torch.exp(-v.square() / 2) / math.sqrt(2 * math.pi)
@@ -405,6 +406,15 @@ _BRANCH_BY_INDEX_DEVICES = ("cpu",)
 _BULK_SPLITS = torch.tensor([-3.0, 0.0, 3.0])
 
 _RULES: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _on_device(constant: Tensor, like: Tensor) -> Tensor:
+    r"""A module constant in `like`'s dtype and device, copied there once (a copy per
+    call would also break CUDA graph capture)."""
+    key = ("constant", id(constant), like.dtype, like.device)
+    if key not in _RULES:
+        _RULES[key] = (constant.to(like), constant)  # holds `constant`: its id stays valid
+    return _RULES[key][0]
 
 
 def _legendre_rule(k: int, like: Tensor) -> tuple[Tensor, Tensor]:
