@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -53,6 +54,11 @@ class _CapturedCall:
     value: Tensor  # `B`
     grad: Optional[Tensor]  # `B x q x d`, d value / dX
     ok: Tensor  # 0-dim bool: every deferred input check passed
+
+
+def _where(error: BaseException, frames: int = 4) -> str:
+    r"""The innermost source lines of `error`'s traceback (where a call synchronised)."""
+    return "".join(traceback.format_tb(error.__traceback__)[-frames:])
 
 
 class _Replayed(torch.autograd.Function):
@@ -146,7 +152,13 @@ class CUDAGraphAcquisitionFunction(AcquisitionFunction):
         return _Replayed.apply(X, value, call.grad[:b].clone())
 
     def _replay_state(self) -> Optional[tuple]:
-        replay_state = getattr(self.acq_function.model, "replay_state", None)
+        model = self.acq_function.model
+        if getattr(model, "predictive", None) != "gp":
+            # only the GP head's path is known to be capturable (the network's full
+            # output runs the transformer per call): a failed capture can leave the
+            # CUDA allocator unusable, so other paths are never tried
+            return None
+        replay_state = getattr(model, "replay_state", None)
         model_state = None if replay_state is None else replay_state()
         if model_state is None:
             return None
@@ -170,13 +182,30 @@ class CUDAGraphAcquisitionFunction(AcquisitionFunction):
             static_X[: X.shape[0]].copy_(X)
             static_X[X.shape[0] :].copy_(X[-1:].expand(B - X.shape[0], *X.shape[1:]))
         static_X.requires_grad_(needs_grad)
+        # warm-up on a side stream (lazy library handles), as CUDA graphs require; with
+        # host syncs made errors, so a call that would break the capture is found here,
+        # before any capture starts
+        side = torch.cuda.Stream(device=X.device)
+        side.wait_stream(torch.cuda.current_stream(X.device))
+        mode = torch.cuda.get_sync_debug_mode()
         try:
-            # warm-up on a side stream (lazy library handles), as CUDA graphs require
-            side = torch.cuda.Stream(device=X.device)
-            side.wait_stream(torch.cuda.current_stream(X.device))
+            torch.cuda.set_sync_debug_mode("error")
             with torch.cuda.stream(side):
                 self._run(static_X, needs_grad)
+        except RuntimeError as e:
+            self._failed.add(key)
+            warnings.warn(
+                f"{type(self.acq_function).__name__} synchronises with the host, so it is "
+                f"not captured for batch shape {tuple(static_X.shape)}; those calls run "
+                f"eagerly. Reason: {e}; at:\n{_where(e)}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
             torch.cuda.current_stream(X.device).wait_stream(side)
+        try:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()

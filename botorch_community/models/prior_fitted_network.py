@@ -733,6 +733,8 @@ class PFNModel(Model):
         if self._kv_cache is not None and key is not None and key.matches(
             net, state, ctx_X, ctx_Y, ctx_Yvar
         ):
+            if not key.same_sources(ctx_X, ctx_Y, ctx_Yvar):  # equal values, new tensors:
+                self._cache_key = key.with_sources(ctx_X, ctx_Y, ctx_Yvar)  # no compare again
             return self._kv_cache
         return None
 
@@ -1176,11 +1178,7 @@ class _CacheKey(NamedTuple):
         :meth:`PFNModel._context`)."""
         if self.training != net.training or self.state != state:
             return False
-        held, held_state = self.sources
-        if (
-            held[0] is X and held[1] is Y and held[2] is Yvar
-            and held_state == _tensors_state((X, Y, Yvar))
-        ):  # fmt: skip
+        if self.same_sources(X, Y, Yvar):
             return True
         return (
             self.X.shape == X.shape
@@ -1190,6 +1188,22 @@ class _CacheKey(NamedTuple):
             and (self.Yvar is None) == (Yvar is None)
             and (Yvar is None or _equal_with_nan(self.Yvar, Yvar))
         )
+
+    def same_sources(self, X: Tensor, Y: Tensor, Yvar: Optional[Tensor]) -> bool:
+        r"""Whether `X`, `Y`, `Yvar` are the very tensors the key was made from (or last
+        matched), unedited."""
+        held, held_state = self.sources
+        return (
+            held[0] is X and held[1] is Y and held[2] is Yvar
+            and held_state == _tensors_state((X, Y, Yvar))
+        )  # fmt: skip
+
+    def with_sources(self, X: Tensor, Y: Tensor, Yvar: Optional[Tensor]) -> "_CacheKey":
+        r"""This key, matched by identity from now on by `X`, `Y`, `Yvar` (equal in value
+        to its own: e.g. the targets rescaled, which leaves the standardised context as
+        it was)."""
+        sources = (X, Y, Yvar)
+        return self._replace(sources=(sources, _tensors_state(sources)))
 
 
 def _user_unit_mixture(
