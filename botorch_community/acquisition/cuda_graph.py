@@ -80,10 +80,14 @@ class _Replayed(torch.autograd.Function):
 class CUDAGraphAcquisitionFunction(AcquisitionFunction):
     r"""An acquisition function whose CUDA calls replay captured graphs.
 
-    Calls on other devices, with a model that holds no cached context (outside its
-    ``cache_training_context()``), or that do not fit a graph, run the wrapped function
-    as is. The first ``warmup_calls`` calls of each shape also run eagerly (they encode
-    the context and fill the model's memos), the next one captures.
+    Captured: a ``PFNModel`` with its default predictive (``predictive="gp"``: the GP
+    head's mixture; the network's full output runs the transformer per call and is not
+    captured). Calls on other devices, with other models, with a model that holds no
+    cached context (outside its ``cache_training_context()``), or that would synchronise
+    with the host (found by a warm-up call with host syncs made errors, before any
+    capture) run the wrapped function as is. The first ``warmup_calls`` calls of each
+    shape also run eagerly (they encode the context and fill the model's memos), the next
+    one captures.
     """
 
     def __init__(self, acq_function: AcquisitionFunction, warmup_calls: int = 1) -> None:
