@@ -551,7 +551,8 @@ class PFNModel(Model):
             and the network's space.
         """
         sources, state = self._context_sources(pending_X)
-        other = (negate_train_ys, self.warp_targets, PENDING_NOISE_FREE,
+        other = (negate_train_ys, self.warp_targets, PENDING_NOISE_FREE, self.training,
+                 getattr(self, "input_transform", self).training,
                  None if pending_X is None else self.pfn.weights_state())  # fmt: skip
         memo = self._context_memo  # (sources, their state, other, context)
         if (
