@@ -138,6 +138,30 @@ def test_passes_through_off_cuda():
     assert wrapped.num_captures == 0 and wrapped.X_pending is None
 
 
+def test_wrapper_state_follows_incumbent_pending_points_and_predictive():
+    model, _ = _model()
+    acqf = DiscretizedLogExpectedImprovement(model, best_f=model.train_Y.max())
+    wrapped = CUDAGraphAcquisitionFunction(acqf)
+    with model.cache_training_context():
+        assert wrapped._replay_state() is None  # nothing encoded yet
+        acqf(torch.rand(3, 1, 3, dtype=torch.float64))
+        s0 = wrapped._replay_state()
+        assert s0 is not None and wrapped._replay_state() == s0
+        acqf.best_f.fill_(float(model.train_Y.max()) + 1.0)  # a new incumbent
+        s1 = wrapped._replay_state()
+        assert s1 != s0
+        wrapped.set_X_pending(torch.rand(2, 3, dtype=torch.float64))  # new pending points
+        assert wrapped._replay_state() != s1 and wrapped.X_pending is acqf.X_pending
+    mixture = PFNModel(model.train_X, model.train_Y, model=model.pfn, predictive="mixture",
+                       input_transform=model.input_transform)  # fmt: skip
+    other = CUDAGraphAcquisitionFunction(
+        DiscretizedLogExpectedImprovement(mixture, best_f=mixture.train_Y.max())
+    )
+    with mixture.cache_training_context():
+        mixture.posterior(torch.rand(2, 1, 3, dtype=torch.float64))
+        assert other._replay_state() is None  # the full output is never captured
+
+
 # ------------------------------------------------------------------ CUDA only
 def _value_and_grad(acqf, X):
     X = X.clone().requires_grad_(True)
