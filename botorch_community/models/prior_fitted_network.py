@@ -571,13 +571,14 @@ class PFNModel(Model):
     def _context_sources(self, pending_X: Optional[Tensor] = None) -> tuple[tuple, tuple]:
         r"""What the context is built from (the data tensors and the input transform,
         compared by identity) and the state of their values (:func:`_tensors_state`;
-        the transform's buffers by storage and version: BoTorch's transforms re-wrap
-        them on every call)."""
+        the transform's buffers and parameters by storage and version: BoTorch's
+        transforms re-wrap their buffers on every call)."""
         sources = (self.train_X, self.train_Y, self.train_Yvar, pending_X)
         state = _tensors_state(sources)
         if hasattr(self, "input_transform"):
-            sources = sources + (self.input_transform,)
-            state = state + _tensors_state(tuple(self.input_transform.buffers()))
+            tf = self.input_transform
+            sources = sources + (tf,)
+            state = state + _tensors_state((*tf.buffers(), *tf.parameters()))
         return sources, state
 
     def _build_context(self, pending_X: Optional[Tensor], negate_train_ys: bool) -> "_Context":

@@ -98,6 +98,27 @@ def test_replay_state_tracks_what_a_capture_relies_on():
     assert model.replay_state() is None
 
 
+def test_context_follows_a_learnable_input_transform():
+    r"""A transform's parameters (e.g. Kumaraswamy warping) are part of the context's
+    sources: editing them rebuilds the context and re-encodes."""
+    from botorch.models.transforms.input import ChainedInputTransform, Warp
+
+    model, _ = _model()
+    tf = ChainedInputTransform(norm=model.input_transform, warp=Warp(d=3, indices=[0, 1, 2]))
+    model = PFNModel(model.train_X, model.train_Y, model=model.pfn, input_transform=tf)
+    Xq = torch.rand(4, 1, 3, dtype=torch.float64) * 4 - 2
+    with model.cache_training_context():
+        before = model.posterior(Xq).mean
+        with torch.no_grad():
+            for p in tf["warp"].parameters():
+                p.add_(0.5)
+        after = model.posterior(Xq).mean
+        assert model.num_encodings == 2
+    fresh = PFNModel(model.train_X, model.train_Y, model=model.pfn, input_transform=tf)
+    torch.testing.assert_close(after, fresh.posterior(Xq).mean)
+    assert not torch.allclose(before, after)
+
+
 def test_steady_state_posterior_calls_reuse_the_context():
     model, _ = _model()
     with model.cache_training_context():
