@@ -22,10 +22,13 @@ particles are kept on that surrogate after each generation's optimization
 start their refinement from them (:meth:`PFNModel.warm_start_from`).
 
 The noisy variants sample the joint posterior of every observed point with the
-candidates at each call, because a GP's posterior couples them; a PFN's marginal
-predictive at the observations is a constant of the generation, so the plug-in variants
-use the same information at the cost of the `q` candidates alone. Tracked metrics that
-are neither objective nor constraint do not matter: Ax subsets the model first.
+candidates at each call; the plug-in variants take the observed points' posterior means
+as fixed, at the cost of the `q` candidates alone. What they give up is the coupling of a
+candidate with the observed points: where the model leaves latent spread at an observed
+point (inferred noise), a candidate on that point still shows improvement, and Ax's
+duplicate check has to reject it (seen with two objectives, ``benchmarks/RESULTS.md``
+section 9). Tracked metrics that are neither objective nor constraint do not matter: Ax
+subsets the model first.
 
 This module imports Ax; only :mod:`botorch_community.ax` imports it.
 """
