@@ -110,6 +110,11 @@ class PFNAcquisition(Acquisition):
                 # options meant for Ax's MC acquisition do not apply to the analytic one
                 botorch_acqf_options = {}
             botorch_acqf_class = chosen
+        # the plug-in MC acquisitions take the means at the observations as known values:
+        # the models condition on them too, so an observed point shows no improvement
+        plug_in = botorch_acqf_class in (qLogExpectedImprovement, qLogExpectedHypervolumeImprovement)
+        for model in _pfn_models(surrogate):
+            model.observations_at_means = plug_in
         super().__init__(
             surrogate=surrogate,
             search_space_digest=search_space_digest,
@@ -124,8 +129,12 @@ class PFNAcquisition(Acquisition):
     def optimize(self, *args: Any, **kwargs: Any) -> Any:
         r"""Ax's optimization; then the PFN models' fitted particles are kept on the
         surrogate for the next generation's warm start."""
-        out = super().optimize(*args, **kwargs)
         models = _pfn_models(self._pfn_surrogate)
+        try:
+            out = super().optimize(*args, **kwargs)
+        finally:  # the surrogate's predictions (e.g. `Client.predict`) keep their spread
+            for model in models:
+                model.observations_at_means = False
         if models:
             self._pfn_surrogate._pfn_fitted_particles = [m.fitted_particles for m in models]
         return out

@@ -559,6 +559,33 @@ def test_constraint_and_two_objectives_use_plug_in_mc_acquisitions(net, no_gp_fi
     assert isinstance(_acqf(client), qLogExpectedHypervolumeImprovement)
 
 
+def test_plug_in_acquisitions_condition_on_the_means_at_the_observations(no_gp_fit, monkeypatch):
+    r"""While a plug-in MC acquisition is optimised, the PFN models condition on their
+    means at the observations (no improvement left on an observed point, so no
+    duplicates); afterwards the surrogate's predictions are the plain ones again."""
+    from botorch_community import _ax_acquisition
+
+    seen = []
+    original = _ax_acquisition.Acquisition.optimize
+
+    def recording(self, *args, **kwargs):
+        models = _ax_acquisition._pfn_models(self.surrogate)
+        seen.append([m.observations_at_means for m in models])
+        X = self.X_observed
+        for m in models:
+            with torch.no_grad():
+                sd = m.posterior(X.unsqueeze(-2)).variance.sqrt().reshape(-1)
+            assert float(sd.max()) <= 1e-2 * float(m.train_Y.std())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(_ax_acquisition.Acquisition, "optimize", recording)
+    client = make_client(_default_gs(network="default"), objective="-f, -g")  # noise hints
+    run(client, 6, {"f": bowl, "g": lambda p: (p["x1"] - 5.0) ** 2 + p["x2"]})
+    assert seen and all(flags and all(flags) for flags in seen)
+    surrogate = client._generation_strategy.adapter.generator.surrogate
+    assert not any(m.observations_at_means for m in _ax_acquisition._pfn_models(surrogate))
+
+
 def test_network_typo_reported_when_the_strategy_is_built():
     with pytest.raises(FileNotFoundError, match="no-such-net"):
         bax.pfn_generation_strategy(network="no-such-net")

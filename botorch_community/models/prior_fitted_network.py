@@ -286,6 +286,14 @@ class PFNModel(Model):
         self._context_memo: Optional[tuple] = None  # see `_context`
         self.warm_start_from(self._warm_start_particles(warm_start, network))
         self._warned_outside_cube = False
+        #: Condition also on every observed input as a noise-free row at the predictive
+        #: mean there (as pending points are): the latent predictive at the observations
+        #: then collapses to those means. For plug-in acquisition functions that take the
+        #: means at the observations as the known values (``PFNAcquisition``'s qLogEI and
+        #: qLogEHVI): a candidate on an observed point then shows no improvement. Only
+        #: networks with noise hints can take a row as noise-free; for others it does
+        #: nothing.
+        self.observations_at_means = False
         if input_transform is None:
             self._warn_outside_cube(train_X, stacklevel=3)
 
@@ -510,6 +518,11 @@ class PFNModel(Model):
         return gp_borders
 
     @property
+    def _conditions_on_means(self) -> bool:
+        r"""Whether :attr:`observations_at_means` applies (a network with noise hints)."""
+        return self.observations_at_means and self.pfn.noise_hint and PENDING_NOISE_FREE
+
+    @property
     def uses_noise_hint(self) -> bool:
         r"""Whether the network conditions on `train_Yvar` (given, and the network was
         trained with noise hints)."""
@@ -552,6 +565,7 @@ class PFNModel(Model):
         """
         sources, state = self._context_sources(pending_X)
         other = (negate_train_ys, self.warp_targets, PENDING_NOISE_FREE, self.training,
+                 self._conditions_on_means,
                  getattr(self, "input_transform", self).training,
                  None if pending_X is None else self.pfn.weights_state())  # fmt: skip
         memo = self._context_memo  # (sources, their state, other, context)
@@ -583,6 +597,8 @@ class PFNModel(Model):
 
     def _build_context(self, pending_X: Optional[Tensor], negate_train_ys: bool) -> "_Context":
         r"""The :meth:`_context`, computed."""
+        if self._conditions_on_means:  # the observed inputs as noise-free rows too
+            pending_X = self.train_X if pending_X is None else torch.cat([self.train_X, pending_X])
         with torch.no_grad():
             train_X = self.train_X
             if hasattr(self, "input_transform"):
@@ -917,7 +933,9 @@ class PFNModel(Model):
             X = X.to(self.train_X)
         X_t = self._prepare_X(X)
         ctx = self._context(pending_X, negate_train_ys)
-        gp_borders = self._checked_gp_borders(ctx, X, pending_X is None)
+        gp_borders = self._checked_gp_borders(
+            ctx, X, pending_X is None and not self._conditions_on_means
+        )
         if gp_borders is None:
             return None
         mix = self._gp_mixture(X_t, ctx, observation_noise)  # `b? x q x J` fields

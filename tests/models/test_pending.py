@@ -50,6 +50,24 @@ class TestPendingPoints(BotorchTestCase):
             believed = ctx.target_map.inverse(ctx.Y[-3:])  # user units
             self.assertAllClose(believed.view(-1), free.mean.view(-1), rtol=1e-9, atol=1e-9)
 
+    def test_observations_at_means_collapse_the_latent_predictive_there(self):
+        model, X, Y = _hartmann_model()
+        Xq = torch.cat([X[:4], torch.rand(3, 6, dtype=DT)]).unsqueeze(1)
+        plain = model.posterior(Xq)
+        model.observations_at_means = True
+        at_means = model.posterior(Xq)
+        sy = Y.std()
+        # at the observations: the same means (up to the particles' refit on the longer
+        # context), no latent spread left
+        self.assertAllClose(at_means.mean[:4], plain.mean[:4], atol=1e-3 * sy, rtol=0)
+        self.assertLess(float(at_means.variance[:4].sqrt().max()), 0.01 * float(sy))
+        self.assertGreater(float(plain.variance[:4].sqrt().min()), 0.01 * float(sy))
+        # switched off: the plain predictive again (the context is rebuilt)
+        model.observations_at_means = False
+        again = model.posterior(Xq)
+        self.assertAllClose(again.mean, plain.mean, rtol=1e-12, atol=0)
+        self.assertAllClose(again.variance, plain.variance, rtol=1e-12, atol=0)
+
     def test_believed_targets_reused_and_cache_kept(self):
         model, X, _ = _hartmann_model()
         P = torch.rand(3, 6, dtype=DT, generator=torch.Generator().manual_seed(1))
