@@ -23,12 +23,14 @@ start their refinement from them (:meth:`PFNModel.warm_start_from`).
 
 The noisy variants sample the joint posterior of every observed point with the
 candidates at each call; the plug-in variants take the observed points' posterior means
-as fixed, at the cost of the `q` candidates alone. What they give up is the coupling of a
+as fixed, at the cost of the `q` candidates alone. What that gives up is the coupling of a
 candidate with the observed points: where the model leaves latent spread at an observed
-point (inferred noise), a candidate on that point still shows improvement, and Ax's
-duplicate check has to reject it (seen with two objectives, ``benchmarks/RESULTS.md``
-section 9). Tracked metrics that are neither objective nor constraint do not matter: Ax
-subsets the model first.
+point (inferred noise), a candidate on that point would still show improvement, and Ax's
+duplicate check had to reject re-proposed points (two objectives, ``benchmarks/RESULTS.md``
+section 9). So while a plug-in acquisition is optimised the PFN models also condition on
+those means as noise-free values (``PFNModel.observations_at_means``): the acquisition's
+premise made the model's, and an evaluated point shows no improvement. Tracked metrics
+that are neither objective nor constraint do not matter: Ax subsets the model first.
 
 This module imports Ax; only :mod:`botorch_community.ax` imports it.
 """
