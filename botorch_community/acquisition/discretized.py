@@ -246,13 +246,17 @@ class _ThresholdMixin:
     maximize: bool
     _pending_best: Tensor | None = None  # oriented, set by `set_X_pending`
 
-    def _threshold(self, like: Tensor) -> Tensor:
-        r"""``best_f`` in the oriented objective, as a scalar tensor like `like`."""
+    def _best_f_like(self, like: Tensor) -> Tensor:
+        r"""``best_f`` as a scalar tensor like `like`."""
         if self.best_f.device != like.device:
             # moved once (e.g. a float incumbent for CUDA candidates): no host-to-device
             # copy per call, which would also break CUDA graph capture
             self.best_f = self.best_f.to(like.device)
-        best_f = self.best_f.to(like)
+        return self.best_f.to(like)
+
+    def _threshold(self, like: Tensor) -> Tensor:
+        r"""``best_f`` in the oriented objective, as a scalar tensor like `like`."""
+        best_f = self._best_f_like(like)
         t = best_f if self.maximize else -best_f
         if self._pending_best is not None:
             t = torch.maximum(t, self._pending_best.to(like))
@@ -574,7 +578,7 @@ class DiscretizedNoisyExpectedImprovement(DiscretizedExpectedImprovement):
     def _threshold(self, like: Tensor) -> Tensor:
         # The model predicts the improvement of the (possibly negated) problem, so
         # the threshold applies to that quantity without reflection.
-        return self.best_f.to(like)
+        return self._best_f_like(like)
 
 
 class DiscretizedProbabilityOfImprovement(

@@ -204,25 +204,20 @@ def unit_kernel(r2: Tensor, matern: Tensor, matern_count: Optional[int] = None) 
     is_m = matern.reshape(-1)
     if is_m.numel() != r2.shape[-3] or r2.dim() < 3:
         return torch.where(matern, _matern52(r2), torch.exp(-0.5 * r2))
-    if matern_count is not None:
-        r2m, r2r = r2.split([matern_count, r2.shape[-3] - matern_count], dim=-3)
-        if r2r.shape[-3] == 0:
-            return _matern52(r2)
-        if r2m.shape[-3] == 0:
-            return torch.exp(-0.5 * r2)
-        return torch.cat([_matern52(r2m), torch.exp(-0.5 * r2r)], dim=-3)
-    if bool(is_m.all()):
+    if matern_count is None:  # read the kernels' order on the host
+        matern_count = int(is_m.sum())
+        if not bool(is_m[:matern_count].all()):  # mixed order: select, then restore it
+            im, ir = is_m.nonzero().squeeze(-1), (~is_m).nonzero().squeeze(-1)
+            parts = torch.cat([_matern52(r2.index_select(-3, im)), torch.exp(-0.5 * r2.index_select(-3, ir))], dim=-3)
+            order = torch.cat([im, ir]).argsort()  # back to the particles' order
+            return parts.index_select(-3, order)
+    # Matérn particles first (inference fits): two slices
+    if matern_count == r2.shape[-3]:
         return _matern52(r2)
-    if not bool(is_m.any()):
+    if matern_count == 0:
         return torch.exp(-0.5 * r2)
-    nm = int(is_m.sum())
-    if bool(is_m[:nm].all()):  # Matérn particles first (inference fits): two slices
-        r2m, r2r = r2.split([nm, r2.shape[-3] - nm], dim=-3)
-        return torch.cat([_matern52(r2m), torch.exp(-0.5 * r2r)], dim=-3)
-    im, ir = is_m.nonzero().squeeze(-1), (~is_m).nonzero().squeeze(-1)
-    parts = torch.cat([_matern52(r2.index_select(-3, im)), torch.exp(-0.5 * r2.index_select(-3, ir))], dim=-3)
-    order = torch.cat([im, ir]).argsort()  # back to the particles' order
-    return parts.index_select(-3, order)
+    r2m, r2r = r2.split([matern_count, r2.shape[-3] - matern_count], dim=-3)
+    return torch.cat([_matern52(r2m), torch.exp(-0.5 * r2r)], dim=-3)
 
 
 def _sqdist(A: Tensor, B: Tensor) -> Tensor:
