@@ -16,17 +16,19 @@ import bo_quality as B  # noqa: E402
 
 def test_problem_table():
     assert set(B.SUITES["core"]) == {"branin", "hartmann6", "ackley4", "rosenbrock4"}
-    assert B.SUITES["full"] == list(B.PROBLEMS) and len(B.PROBLEMS) >= 12
-    dims = []
+    full, holdout = B.SUITES["full"], B.SUITES["holdout"]
+    assert len(full) >= 12 and holdout == list(B.HOLDOUT) and not set(full) & set(holdout)
+    assert list(B.PROBLEMS) == full + holdout
     for name, (_, _, d, noise) in B.PROBLEMS.items():
         f = B.make_problem(name)
         assert f.dim == d and 2 <= d <= 10 and f.negate
         assert (f.noise_std or 0.0) == noise
         assert B.evaluations(name, None) == max(50, 10 * d)
         assert B.evaluations(name, 12) == 12
-        dims.append(d)
-    assert sum(d >= 8 for d in dims) >= 2
-    assert sum(noise > 0 for *_, noise in B.PROBLEMS.values()) >= 2
+    for suite in (full, holdout):
+        assert sum(B.PROBLEMS[p][2] >= 8 for p in suite) >= 1
+        assert sum(B.PROBLEMS[p][3] > 0 for p in suite) >= 2
+    assert sum(B.PROBLEMS[p][2] >= 8 for p in full) >= 2
 
 
 def test_shard_split_is_a_fixed_partition():
