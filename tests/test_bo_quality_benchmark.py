@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bo_quality as B  # noqa: E402
+import torch  # noqa: E402
 
 
 def test_problem_table():
@@ -25,6 +26,14 @@ def test_problem_table():
         assert (f.noise_std or 0.0) == noise
         assert B.evaluations(name, None) == max(50, 10 * d)
         assert B.evaluations(name, 12) == 12
+        # regret = optimal_value - f(x) >= 0 up to BoTorch's rounding of the optimal values
+        # (SixHumpCamel's is -1.0316): the negated problem's optimum is its maximum
+        tol = 1e-4 * (1 + abs(f.optimal_value))
+        if f._optimizers is not None:
+            x_opt = torch.tensor(f._optimizers[:1], dtype=torch.float64)
+            assert abs(float(f(x_opt, noise=False)) - f.optimal_value) < 10 * tol, name
+        x = f.bounds[0] + (f.bounds[1] - f.bounds[0]) * torch.rand(256, d, dtype=torch.float64)
+        assert float(f(x, noise=False).max()) <= f.optimal_value + tol, name
     for suite in (full, holdout):
         assert sum(B.PROBLEMS[p][2] >= 8 for p in suite) >= 1
         assert sum(B.PROBLEMS[p][3] > 0 for p in suite) >= 2
