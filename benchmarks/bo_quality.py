@@ -125,7 +125,7 @@ SUITES = {
     "full": list(PROBLEMS),
     "holdout": list(HOLDOUT),
 }
-PROBLEMS.update(HOLDOUT)
+PROBLEMS.update(HOLDOUT)  # after SUITES: "full" is the suite's 15 above
 METHODS = ["pfn_logei", "gp", "sobol"]
 ALL_METHODS = ["pfn_logei", "pfn_ei", "pfn_logei_noisefree", "gp", "sobol"]
 # methods of older results files, still shown by the report

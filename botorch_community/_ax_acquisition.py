@@ -60,6 +60,10 @@ from botorch_community.acquisition.discretized import DiscretizedLogExpectedImpr
 
 __all__ = ["PFNAcquisition", "pfn_acquisition_class"]
 
+#: The plug-in MC acquisitions :func:`pfn_acquisition_class` picks: they take the PFN's
+#: means at the observations as known values.
+_PLUG_IN_ACQUISITIONS = (qLogExpectedImprovement, qLogExpectedHypervolumeImprovement)
+
 
 def pfn_acquisition_class(
     botorch_acqf_class: type | None, torch_opt_config: Any
@@ -114,7 +118,7 @@ class PFNAcquisition(Acquisition):
             botorch_acqf_class = chosen
         # the plug-in MC acquisitions take the means at the observations as known values:
         # the models condition on them too, so an observed point shows no improvement
-        plug_in = botorch_acqf_class in (qLogExpectedImprovement, qLogExpectedHypervolumeImprovement)
+        plug_in = botorch_acqf_class in _PLUG_IN_ACQUISITIONS
         for model in _pfn_models(surrogate):
             model.observations_at_means = plug_in
         super().__init__(
