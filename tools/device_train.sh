@@ -19,7 +19,7 @@
 # Environment: CONFIG (default: default), RUN (run directory, default runs/$CONFIG),
 # OUT (logs, the prior_gap table and the run's tar chunks; default $RUN.out, or the device
 # machine's $OUT), EXTRA (more train options, e.g. "--set train.seed=12"), DATASETS (per
-# prior_gap cell, default 512), DEVICE (default cuda), PACK (0: no tar chunks), PY (default
+# prior_gap cell, default 512; GAP=0 skips prior_gap), DEVICE (default cuda), PACK (0: no tar chunks), PY (default
 # python).
 #
 # The lineage of the shipped network is in botorch_community/pfn/configs/README.md. Its
@@ -60,9 +60,11 @@ case "$MODE" in
 esac
 grep -v "^step .*datasets/s$" "$OUT/train.log" | tail -n 5 || true
 if [ "$status" != 0 ]; then echo "[device_train] training failed ($status): $OUT/train.log" >&2; exit "$status"; fi
-"$PY" benchmarks/prior_gap.py default "$RUN/model" --device "$DEVICE" \
-  --datasets "${DATASETS:-512}" --out "$OUT/prior_gap" 2>&1 | grep -v "prior_gap:" | tail -n 35 \
-  || echo "[device_train] prior_gap failed" >&2
+if [ "${GAP:-1}" != 0 ]; then  # GAP=0: no comparison (e.g. a network of another d range)
+  "$PY" benchmarks/prior_gap.py default "$RUN/model" --device "$DEVICE" \
+    --datasets "${DATASETS:-512}" --out "$OUT/prior_gap" 2>&1 | grep -v "prior_gap:" | tail -n 35 \
+    || echo "[device_train] prior_gap failed" >&2
+fi
 if [ "${PACK:-1}" != 0 ]; then  # <= 15 MB chunks, so a later command on a fresh machine can resume
   tar cf - -C "$(dirname "$RUN")" "$(basename "$RUN")" | split -b 15M - "$OUT/run.tar.part"
 fi

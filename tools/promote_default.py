@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from botorch_community.pfn.checkpoint import DEFAULT_WEIGHTS, load_pretrained, save_pretrained
-from botorch_community.pfn.transformer import PFNTransformer
+from botorch_community.pfn.cell_transformer import build_network
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         for item in args.config_set:
             key, value = item.split("=", 1)
             changes[key] = json.loads(value)
-        rebuilt = PFNTransformer(net.config.replace(**changes), borders=net.borders)
+        rebuilt = build_network(net.config.replace(**changes), borders=net.borders)
         rebuilt.load_state_dict(net.state_dict())  # strict: settings only, no weights
         net = rebuilt
     stage = json.loads(args.stage)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 r"""The PFN network, its explicit context cache, and loading of pretrained weights."""
 
+from botorch_community.pfn.cell_transformer import build_network, PFNCellTransformer
 from botorch_community.pfn.checkpoint import (
     CheckpointError,
     load_pretrained,
@@ -20,6 +21,8 @@ from botorch_community.pfn.transformer import default_borders, PFNTransformer
 
 __all__ = [
     "CheckpointError",
+    "PFNCellTransformer",
+    "build_network",
     "KVCache",
     "PFNConfig",
     "PFNLayer",

@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from botorch_community.pfn.cell_transformer import build_network
 from botorch_community.pfn.config import PFNConfig
 from botorch_community.pfn.transformer import PFNTransformer
 
@@ -292,7 +293,7 @@ def load_pretrained(
     try:  # the architecture's shapes without allocating it (meta device)
         with torch.device("meta"):
             meta_borders = torch.empty(model_cfg.num_buckets + 1)  # checked below
-            shapes = PFNTransformer(model_cfg, borders=meta_borders).state_dict()
+            shapes = build_network(model_cfg, borders=meta_borders).state_dict()
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{c_path}: invalid architecture config: {e}") from None
     expected = {k: tuple(v.shape) for k, v in shapes.items()}
@@ -304,7 +305,7 @@ def load_pretrained(
             f"The weights {w_path} do not match the architecture in {c_path} ({arch}):\n  - "
             + "\n  - ".join(problems)
         )
-    net = PFNTransformer(model_cfg, borders=borders)
+    net = build_network(model_cfg, borders=borders)
     tensors = _read_safetensors(w_path)
     for k, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

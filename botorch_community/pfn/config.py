@@ -22,6 +22,9 @@ REMOVED_OPTIONS = {
     "model card's 'Experiments not shipped')",
 }
 
+#: Token layouts of the network (:attr:`PFNConfig.tokens`).
+TOKEN_LAYOUTS = ("rows", "cells")
+
 #: Largest sizes accepted from a config (far above any trained network; they stop a
 #: corrupt or hostile config from allocating gigabytes before the weights are matched).
 _MAX = dict(num_features=1024, emsize=4096, nlayers=64, nhead=64, nhid=16384,
@@ -66,6 +69,13 @@ class PFNConfig:
         gp_constant_mean: Each GP particle gets the constant prior mean that maximises
             its marginal likelihood (generalised least squares) instead of zero (the
             context's mean). An inference setting.
+        tokens: ``"rows"``: one token per data row, inputs zero-padded to
+            `num_features` (:class:`~botorch_community.pfn.transformer.PFNTransformer`).
+            ``"cells"``: one token per input dimension of each row plus one for its
+            target, with attention across a row's cells and across rows within each
+            dimension; the weights do not depend on `d`, and `num_features` is only the
+            largest `d` it accepts
+            (:class:`~botorch_community.pfn.cell_transformer.PFNCellTransformer`).
     """
 
     num_features: int
@@ -85,11 +95,18 @@ class PFNConfig:
     gp_refine_max_rows: int = 200
     gp_refine_warm_steps: int = 6
     gp_constant_mean: bool = False
+    tokens: str = "rows"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("bool",):
+            if f.name == "tokens":
+                if value not in TOKEN_LAYOUTS:
+                    raise ValueError(
+                        f"PFNConfig.tokens must be one of {sorted(TOKEN_LAYOUTS)}, "
+                        f"got {value!r}."
+                    )
+            elif f.type in ("bool",):
                 if not isinstance(value, bool):
                     raise ValueError(f"PFNConfig.{f.name} must be true or false, got {value!r}.")
             elif f.name == "dropout":
@@ -115,6 +132,11 @@ class PFNConfig:
             raise ValueError(
                 f"PFNConfig.emsize ({self.emsize}) must be divisible by nhead ({self.nhead})."
             )
+        if self.tokens == "cells" and self.metric_attention:
+            raise ValueError(
+                "PFNConfig.metric_attention is an option of row tokens (tokens='rows'); "
+                "a cells network attends over each input dimension separately."
+            )
 
     # ------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +153,8 @@ class PFNConfig:
                 out.pop(name, None)
         if not self.gp_constant_mean:
             out.pop("gp_constant_mean", None)
+        if self.tokens == "rows":  # configs of row networks stay as they were
+            out.pop("tokens")
         return out
 
     @classmethod

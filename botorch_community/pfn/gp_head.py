@@ -309,7 +309,8 @@ class GPHead(nn.Module):
         r"""Fit the particles to a batch of contexts.
 
         Args:
-            token: `b x e` final states of the context token.
+            token: `b x e` final states of the context token (what :meth:`propose`
+                reads; `b x (d + 1) x e` for :class:`CellGPHead`).
             context_X: `b x n x d` inputs.
             context_Y: `b x n x 1` standardised targets (NaN: missing).
             refine_steps: Adam steps of marginal-likelihood ascent on the particles
@@ -342,13 +343,9 @@ class GPHead(nn.Module):
         b, n, d = context_X.shape
         if n == 0:
             return None
-        f64, J, nf = torch.float64, self.particles, self.num_features
+        f64 = torch.float64
         with torch.autocast(token.device.type, enabled=False):
-            z = self.norm(token.to(self.norm.weight.dtype))
-            raw = self.hyper(z).view(b, J, nf + 3).to(f64)
-            # raw (log lengthscales, log outputscale, log noise) and weight logit
-            theta = torch.cat([raw[..., :d], raw[..., nf : nf + 2]], dim=-1)  # `b x J x (d+2)`
-            logit = raw[..., nf + 2]
+            theta, logit = self.propose(token, d)  # `b x J x (d + 2)`, `b x J`
             X = context_X.to(f64)
             y = context_Y.to(f64).squeeze(-1)  # `b x n`
             observed = (~torch.isnan(y)).to(f64)
@@ -381,6 +378,24 @@ class GPHead(nn.Module):
             if not self.training:
                 fit = _compact(fit)
         return fit
+
+    def propose(self, token: Tensor, d: int) -> tuple[Tensor, Tensor]:
+        r"""The network's particles for a batch of contexts.
+
+        Args:
+            token: `b x e` final states of the context token.
+            d: The input dimension of the contexts.
+
+        Returns:
+            `(theta, logit)`: `b x J x (d + 2)` raw particles (log lengthscales before
+            the `sqrt(d)` scaling, log outputscale, log noise) and `b x J` weight logits,
+            float64.
+        """
+        J, nf = self.particles, self.num_features
+        z = self.norm(token.to(self.norm.weight.dtype))
+        raw = self.hyper(z).view(token.shape[0], J, nf + 3).to(torch.float64)
+        theta = torch.cat([raw[..., :d], raw[..., nf : nf + 2]], dim=-1)  # `b x J x (d+2)`
+        return theta, raw[..., nf + 2]
 
     def _condition(
         self,
@@ -710,3 +725,57 @@ class GPHead(nn.Module):
             log_p = torch.log_softmax(logits.to(torch.float64), -1)
             out = mix_log_probs(log_p, log_q, omega.unsqueeze(-1))
         return out.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+class CellGPHead(GPHead):
+    r"""The GP head of a network with one token per input dimension
+    (:class:`~botorch_community.pfn.cell_transformer.PFNCellTransformer`).
+
+    The particles' log lengthscale of dimension `i` is read from the final state of
+    the context row's cell `i`, the outputscale, noise and weight logit from its target
+    cell: one map for every dimension, so the head serves any `d`.
+    """
+
+    def __init__(self, emsize: int, particles: int = 4, init_logit: float = -2.0) -> None:
+        r"""
+        Args:
+            emsize: Token embedding size.
+            particles: `J`, the number of hyperparameter particles.
+            init_logit: Initial logit of the GP mixture's weight in the output.
+        """
+        super().__init__(emsize, 1, particles, init_logit)
+        del self.hyper  # replaced by the per-cell maps below
+        J = particles
+        # zero maps plus spread biases, as for the row network's head
+        self.feature_hyper = nn.Linear(emsize, J)  # log lengthscale of each particle
+        self.target_hyper = nn.Linear(emsize, 3 * J)  # log outputscale, log noise, logit
+        for lin in (self.feature_hyper, self.target_hyper):
+            nn.init.zeros_(lin.weight)
+        with torch.no_grad():
+            self.feature_hyper.bias.copy_(torch.linspace(-2.0, 0.0, J))
+            bias = self.target_hyper.bias.view(3, J)
+            bias[0] = 0.0
+            bias[1] = torch.linspace(-10.0, -2.0, J)
+            bias[2] = 0.0
+
+    def propose(self, token: Tensor, d: int) -> tuple[Tensor, Tensor]:
+        r"""The network's particles from the context row's cells.
+
+        Args:
+            token: `b x (d + 1) x e` final states of the context row's cells (its `d`
+                input cells, then its target cell).
+            d: The input dimension.
+
+        Returns:
+            As :meth:`GPHead.propose`: `b x J x (d + 2)` and `b x J` (float64).
+        """
+        if token.shape[-2] != d + 1:
+            raise ValueError(
+                f"CellGPHead needs the context row's d + 1 = {d + 1} cells, got "
+                f"{token.shape[-2]}."
+            )
+        z = self.norm(token.to(self.norm.weight.dtype))
+        log_ls = self.feature_hyper(z[..., :d, :]).transpose(-1, -2)  # `b x J x d`
+        rest = self.target_hyper(z[..., d, :]).unflatten(-1, (3, self.particles))  # `b x 3 x J`
+        theta = torch.cat([log_ls, rest[..., :2, :].transpose(-1, -2)], dim=-1)
+        return theta.to(torch.float64), rest[..., 2, :].to(torch.float64)

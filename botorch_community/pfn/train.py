@@ -58,6 +58,7 @@ from botorch_community.pfn.checkpoint import (
 from botorch_community.pfn.priors.gp import GPPriorConfig, sample_gp_prior
 from botorch_community.pfn.standardize import context_moments
 from botorch_community.pfn.config import GROWABLE, is_grown_parameter, PFNConfig
+from botorch_community.pfn.cell_transformer import build_network
 from botorch_community.pfn.transformer import PFNTransformer
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -100,6 +101,10 @@ DEFAULT_TRAIN: dict[str, Any] = dict(
     # networks with ``noise_hint``: share of datasets whose noise variance is revealed to
     # the network (the rest train the unknown-noise predictive, as without hints)
     noise_hint_prob=0.0,
+    # networks over cells (architecture "cells"): the batch of a step with inputs of
+    # dimension d holds at most this many cells (datasets x seq_len x (d + 1)), capped
+    # at batch_size, so steps of any d take about the same memory (None: batch_size)
+    cells_per_batch=None,
     missing_prob=0.2,  # share of datasets with missing (NaN) context targets
     missing_share=0.5,  # in those, each target is missing w.p. U(0, missing_share)
     border_samples=500_000,
@@ -210,6 +215,7 @@ class PriorSampler:
                 f"batch_size {self.t['batch_size']} is not divisible by the {world} ranks."
             )
         self.local_batch = self.t["batch_size"] // world
+        self.world = world
         self.cpu_g = torch.Generator()
         self.dev_g = torch.Generator(device=device)
 
@@ -224,6 +230,15 @@ class PriorSampler:
         d = int(torch.randint(self.prior.min_dim, self.prior.max_dim + 1, (1,), generator=self.cpu_g))
         return n, d
 
+    def batch_for(self, d: int) -> int:
+        r"""This rank's number of datasets in a step of dimension `d` (see
+        ``train.cells_per_batch``)."""
+        cells = self.t.get("cells_per_batch")
+        if not cells:
+            return self.local_batch
+        per_dataset = self.world * self.t["seq_len"] * (d + 1)
+        return max(1, min(self.local_batch, cells // per_dataset))
+
     def sample(
         self,
         step: int,
@@ -237,8 +252,8 @@ class PriorSampler:
         standardisation `(mean, std)`, and the raw :class:`GPPriorBatch`."""
         n0, d = self.shapes(step, stream)
         n = n0 if n is None else n
-        b = batch_size or self.local_batch
         L = seq_len or self.t["seq_len"]
+        b = batch_size or self.batch_for(d)
         self.dev_g.manual_seed(_step_seed(self.t["seed"], step, stream) + 1 + self.rank)
         batch = sample_gp_prior(b, L, self.prior, dim=d, generator=self.dev_g)
         X, Y = batch.X, batch.Y
@@ -401,7 +416,7 @@ def warm_start_network(
             "config's model section to the checkpoint's architecture."
         )
     # the run's settings (dropout, max_context; refinement is an inference setting)
-    grown = PFNTransformer(target, borders=net.borders.detach().clone()).to(device)
+    grown = build_network(target, borders=net.borders.detach().clone()).to(device)
     missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
     assert not unexpected and all(is_grown_parameter(k) for k in missing), missing
     grown.checkpoint_metadata = getattr(net, "checkpoint_metadata", {})
@@ -521,7 +536,7 @@ def train(
             b = borders.to(dev)
             dist.broadcast(b, 0)
             borders = b.cpu()
-        net = PFNTransformer(PFNConfig.from_dict(cfg["model"]), borders=borders).to(dev)
+        net = build_network(PFNConfig.from_dict(cfg["model"]), borders=borders).to(dev)
         net.train()
     net.metric_expanded = bool(t.get("metric_expanded", False))
     model = net

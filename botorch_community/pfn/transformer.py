@@ -76,6 +76,9 @@ class PFNTransformer(nn.Module):
         >>> logits_cached = net.predict(test_X, cache)  # same values
     """
 
+    #: The axis of rows in the network's tokens (`batch x rows x e`).
+    _ROW_DIM = -2
+
     def __init__(
         self,
         config: Optional[PFNConfig] = None,
@@ -93,28 +96,17 @@ class PFNTransformer(nn.Module):
                 target space. Defaults to equal-mass buckets of a standard normal.
         """
         super().__init__()
-        if config is None:
-            config = PFNConfig.from_dict(fields)
-        elif isinstance(config, dict):
-            config = PFNConfig.from_dict({**config, **fields})
-        elif fields:
-            config = config.replace(**fields)
-        self.config = config
-        K = config.num_buckets
-        if borders is None:
-            borders = default_borders(K)
-        borders = torch.as_tensor(borders, dtype=torch.float32)
-        if borders.shape != (K + 1,):
-            raise ValueError(f"borders must have shape ({K + 1},), got {tuple(borders.shape)}.")
-        # (a meta-device instance, built only for its shapes, has no values to check)
-        if borders.device.type != "meta" and not bool((borders[1:] > borders[:-1]).all()):
-            raise ValueError("borders must be strictly increasing.")
+        config = self._init_config_and_borders(config, borders, fields)
+        if config.tokens != "rows":
+            raise ValueError(
+                f"PFNTransformer is the row-token network; for tokens="
+                f"{config.tokens!r} use botorch_community.pfn.build_network."
+            )
         #: Compute the metric term in expanded form (:func:`~.layer.expanded_metric_dist`):
         #: the same function up to round-off, without the `B x q x n x d` squared
         #: differences. A training-speed option (not part of the config).
         self.metric_expanded = False
-        e, nf = config.emsize, config.num_features
-        self.register_buffer("borders", borders)
+        e, nf, K = config.emsize, config.num_features, config.num_buckets
         self.x_encoder = nn.Linear(nf, e)
         self.y_encoder = nn.Linear(1, e)
         # Learned embedding added in place of the y-encoding for a missing target
@@ -137,6 +129,30 @@ class PFNTransformer(nn.Module):
         if config.gp_head:
             self.gp = GPHead(e, nf, config.gp_particles)
         self._dtype_copies = DtypeCopies()
+
+    def _init_config_and_borders(
+        self, config: Any, borders: Optional[Tensor], fields: dict[str, Any]
+    ) -> PFNConfig:
+        r"""Set ``self.config`` (from `config` and/or `fields`, see :meth:`__init__`)
+        and register the checked ``borders`` buffer; returns the config."""
+        if config is None:
+            config = PFNConfig.from_dict(fields)
+        elif isinstance(config, dict):
+            config = PFNConfig.from_dict({**config, **fields})
+        elif fields:
+            config = config.replace(**fields)
+        self.config = config
+        K = config.num_buckets
+        if borders is None:
+            borders = default_borders(K)
+        borders = torch.as_tensor(borders, dtype=torch.float32)
+        if borders.shape != (K + 1,):
+            raise ValueError(f"borders must have shape ({K + 1},), got {tuple(borders.shape)}.")
+        # (a meta-device instance, built only for its shapes, has no values to check)
+        if borders.device.type != "meta" and not bool((borders[1:] > borders[:-1]).all()):
+            raise ValueError("borders must be strictly increasing.")
+        self.register_buffer("borders", borders)
+        return config
 
     # ---------------------------------------------------------------- settings
     @property
@@ -476,8 +492,9 @@ class PFNTransformer(nn.Module):
             )
         batch_shape = test_X.shape[:-2]
         (n, d), m = train_X.shape[-2:], test_X.shape[-2]
-        h = torch.cat([self.encode_train(train_X, train_Y, train_Yvar), self.encode_x(test_X)], -2)
-        h = h.reshape(-1, *h.shape[-2:])  # `b x (n+1+m) x e`
+        r = self._ROW_DIM
+        h = torch.cat([self.encode_train(train_X, train_Y, train_Yvar), self.encode_x(test_X)], r)
+        h = h.reshape(-1, *h.shape[r:])  # `b x (n+1+m) x e` (cells: `b x (n+1+m) x (d+1) x e`)
         b = h.shape[0]  # explicit: `-1` is ambiguous when n = 0
         cX, cY, qX = train_X.reshape(b, n, d), train_Y.reshape(b, n, 1), test_X.reshape(b, m, d)
         token, h, _, _ = self._run_layers(h, cX, qX)
@@ -639,8 +656,9 @@ class PFNTransformer(nn.Module):
         """
         train_X, train_Y = self._cast(train_X, train_Y)
         h = self.encode_train(train_X, train_Y, train_Yvar)  # `batch x (n+1) x e`
-        batch_shape, (n, d) = h.shape[:-2], train_X.shape[-2:]
-        h = h.reshape(-1, *h.shape[-2:])
+        r = self._ROW_DIM
+        batch_shape, (n, d) = h.shape[:r], train_X.shape[-2:]
+        h = h.reshape(-1, *h.shape[r:])
         b = h.shape[0]
         cX = train_X.reshape(b, n, d)
         token, _, keys, values = self._run_layers(h, cX)
@@ -702,12 +720,7 @@ class PFNTransformer(nn.Module):
             v_s = base_cache.values[0].expand(Bf, -1, -1, -1)
             first_kv = torch.cat([k_s, k_e], dim=-2), torch.cat([v_s, v_e], dim=-2)
         token, _, keys, values = self._run_layers(h, all_X, first_kv=first_kv)
-        all_Yvar = None
-        if ctx_Yvar is not None or extra_Yvar is not None:
-            nan = lambda like: torch.full_like(like, float("nan"))
-            s_var = nan(ctx_Y) if ctx_Yvar is None else ctx_Yvar.to(ctx_Y)
-            e_var = nan(extra_Y) if extra_Yvar is None else extra_Yvar.to(extra_Y)
-            all_Yvar = torch.cat([s_var.expand(Bf, -1, -1), e_var.reshape(Bf, k, 1)], dim=-2)
+        all_Yvar = joined_noise(ctx_Y, ctx_Yvar, extra_Y, extra_Yvar, Bf)
         fit = self._fit_gp(token, all_X, all_Y, all_Yvar)
         return self._make_cache(keys, values, batch_shape, all_X, fit)
 
@@ -764,7 +777,7 @@ class PFNTransformer(nn.Module):
             raise RuntimeError("This KVCache was computed by a different network.")
         raw_X = test_X  # the GP head's queries: not rounded to the network's dtype
         (test_X,) = self._cast(test_X)
-        h, restore = to_cache_layout(self.encode_x(test_X), kv_cache.batch_shape)
+        h, restore = to_cache_layout(self._query_tokens(test_X), kv_cache.batch_shape)
         qX = gX = cX = None  # `Bc x M x d` (network's dtype, and raw), `Bc x n x d`
         if kv_cache.context_X is not None:
             if kv_cache.context_X.shape[-1] != test_X.shape[-1]:
@@ -851,10 +864,43 @@ class PFNTransformer(nn.Module):
         if gp_borders is not None and kv_cache.gp_fit is not None:
             return self.gp.mixture_log_probs(kv_cache.gp_fit, gX, gp_borders,
                                              gp_observation_noise)  # fmt: skip
+        h = self._query_states(h, kv_cache, qX, cX)
+        return self._output_logits(h, kv_cache.gp_fit, gX)
+
+    def _query_tokens(self, test_X: Tensor) -> Tensor:
+        r"""The tokens of test rows as :meth:`predict` lays them out against a cache
+        (`batch_shape x m x f`; here :meth:`encode_x`, `f = emsize`)."""
+        return self.encode_x(test_X)
+
+    def _query_states(
+        self, h: Tensor, kv_cache: KVCache, qX: Optional[Tensor], cX: Optional[Tensor]
+    ) -> Tensor:
+        r"""Final states (`Bc x M x e`) of query tokens `h` (`Bc x M x f`, from
+        :meth:`_query_tokens`) run through the layers against the cached keys/values
+        (`qX`: `Bc x M x d`, `cX`: `Bc x n x d` for the metric term, or None)."""
         sqdist = self._sqdist(qX, cX) if cX is not None else None  # `Bc x M x n x d`
         for layer, k, v in zip(self.layers, kv_cache.keys, kv_cache.values):
             h = layer.attend(h, k.reshape(-1, *k.shape[-3:]), v.reshape(-1, *v.shape[-3:]), sqdist)
-        return self._output_logits(h, kv_cache.gp_fit, gX)
+        return h
+
+
+def joined_noise(
+    ctx_Y: Tensor,
+    ctx_Yvar: Optional[Tensor],
+    extra_Y: Tensor,
+    extra_Yvar: Optional[Tensor],
+    Bf: int,
+) -> Optional[Tensor]:
+    r"""Known noise variances of extended contexts (:meth:`PFNTransformer.extend_context`):
+    the shared rows' (`n x 1`) then each context's extra rows' (`... x k x 1`), NaN where
+    unknown; `Bf x (n + k) x 1`, or None when neither is given."""
+    if ctx_Yvar is None and extra_Yvar is None:
+        return None
+    k = extra_Y.shape[-2]
+    nan = lambda like: torch.full_like(like, float("nan"))
+    s_var = nan(ctx_Y) if ctx_Yvar is None else ctx_Yvar.to(ctx_Y)
+    e_var = nan(extra_Y) if extra_Yvar is None else extra_Yvar.to(extra_Y)
+    return torch.cat([s_var.expand(Bf, -1, -1), e_var.reshape(Bf, k, 1)], dim=-2)
 
 
 def _child_ids(modules: tuple[nn.Module, ...]) -> tuple[int, ...]:

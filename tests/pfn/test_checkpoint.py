@@ -103,7 +103,7 @@ def test_wrong_architecture_says_what_differs(tmp_path):
     import botorch_community.pfn.checkpoint as ck
 
     built = []
-    real = ck.PFNTransformer
+    real = ck.build_network
 
     def spy(*args, **kwargs):
         net = real(*args, **kwargs)
@@ -111,7 +111,7 @@ def test_wrong_architecture_says_what_differs(tmp_path):
         return net
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ck, "PFNTransformer", spy)
+        mp.setattr(ck, "build_network", spy)
         with pytest.raises(CheckpointError, match="do not match the architecture"):
             load_pretrained(tmp_path / "a", verify_hash=False)
     assert built == ["meta"]

@@ -10,6 +10,7 @@ from botorch_community.pfn import load_pretrained
 from botorch_community.pfn.bar_distribution import bar_nll
 from botorch_community.pfn.priors.gp import GPPriorConfig
 from botorch_community.pfn.train import CONFIG_DIR, load_config, lr_at, main, PriorSampler, train
+from botorch_community.pfn.cell_transformer import build_network
 from botorch_community.pfn.transformer import PFNTransformer
 
 FAST = ["train.border_samples=2000", "train.eval_datasets=4", "train.eval_every=0"]
@@ -217,5 +218,5 @@ def test_shipped_configs_are_valid(name):
     assert prior.num_features == cfg["model"]["num_features"]
     model_cfg = {**cfg["model"], "emsize": 8, "nhid": 8, "nlayers": 1, "nhead": 2,
                  "num_buckets": 10}  # the options, not the size
-    PFNTransformer(**model_cfg)
+    build_network(**model_cfg)
     assert name in LINEAGE, f"configs/{name}.json is not in configs/README.md's lineage"

@@ -65,6 +65,9 @@ class GPPriorConfig:
     lengthscale_dim_scaling: float = 1.0
     lengthscale_bounds: tuple[float, float] = (0.01, 100.0)
     irrelevant_prob: float = 0.3  # each dimension dropped from the kernel
+    # if set, each dataset's probability of dropping a dimension is drawn uniformly from
+    # [irrelevant_prob, irrelevant_prob_max] (high-d priors: from all to few relevant)
+    irrelevant_prob_max: Optional[float] = None
     # outputscale: Gamma (HEBO+) with this probability, else log-normal
     outputscale_gamma_prob: float = 0.5
     outputscale_gamma: tuple[float, float] = (0.8452, 0.3994)
@@ -98,6 +101,13 @@ class GPPriorConfig:
                 setattr(self, f.name, tuple(v))
         if self.max_dim is None:
             self.max_dim = self.num_features
+        if self.irrelevant_prob_max is not None and not (
+            0.0 <= self.irrelevant_prob <= self.irrelevant_prob_max < 1.0
+        ):
+            raise ValueError(
+                f"Need 0 <= irrelevant_prob ({self.irrelevant_prob}) <= irrelevant_prob_max "
+                f"({self.irrelevant_prob_max}) < 1."
+            )
         if not 1 <= self.min_dim <= self.max_dim <= self.num_features:
             raise ValueError(
                 f"Need 1 <= min_dim ({self.min_dim}) <= max_dim ({self.max_dim}) <= "
@@ -311,7 +321,11 @@ def sample_hyperparameters(
     g = generator if generator is not None else torch.Generator()
     b, d = batch_size, dim
     # irrelevant dimensions, at least one kept
-    active = _rand((b, d), g) >= cfg.irrelevant_prob
+    p_irrelevant: Union[float, Tensor] = cfg.irrelevant_prob
+    if cfg.irrelevant_prob_max is not None:  # guarded: the stream of older configs is kept
+        span = cfg.irrelevant_prob_max - cfg.irrelevant_prob
+        p_irrelevant = cfg.irrelevant_prob + span * _rand((b, 1), g)
+    active = _rand((b, d), g) >= p_irrelevant
     keep = torch.randint(0, d, (b,), generator=g, device=g.device)
     active[torch.arange(b, device=g.device), keep] = True
     d_active = active.sum(-1, keepdim=True).to(torch.float64)
