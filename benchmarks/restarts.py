@@ -4,7 +4,8 @@ r"""The restarts table: what the cached training context buys per acquisition ca
 For each input dimension `d` and number of candidates `m` (`m = R` restarts of
 ``optimize_acqf`` with q = 1, or a raw-sample batch of 256 / 1024), one
 discretized-EI forward + backward over `m x 1 x d` candidates with `n` training points,
-on one random network (emsize 256, 6 layers, 4 heads, nhid 512, 1000 buckets):
+on one random network (emsize 256, 6 layers, 4 heads, nhid 512, 1000 buckets; one token
+per row, or with ``--tokens cells`` one per input dimension of each row):
 
 * cached (encode included): a fresh ``with model.cache_training_context():`` block per
   call, so the one context encoding is inside the timed call;
@@ -94,7 +95,8 @@ def worker_ours(spec: dict) -> dict:
     dev = spec["device"]
     C.set_threads(spec.get("threads"))
     spec["loadavg_start"] = os.getloadavg()
-    net = random_pfn(num_features=spec["num_features"], seed=0, **NET).to(dev)
+    net = random_pfn(num_features=spec["num_features"], seed=0, tokens=spec.get("tokens", "rows"),
+                     **NET).to(dev)
     train_X, train_Y, Xc = _warmup_and_data(torch, spec)
     cached = spec["variant"] == "cached"
 
@@ -241,6 +243,8 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[6, 100])
     p.add_argument("--candidates", type=int, nargs="+", default=[4, 8, 16, 32, 256, 1024])
     p.add_argument("--n", type=int, default=100)
+    p.add_argument("--tokens", default="rows", choices=["rows", "cells"],
+                   help="our network's token layout (cells: one token per input dimension)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--time-budget", type=float, default=8.0,
                    help="seconds of repeats per variant after the first call")
@@ -272,7 +276,7 @@ def main() -> None:
         bar.set_postfix_str(f"d={d} m={m} {v}")
         spec = dict(variant=v, d=d, m=m, n=args.n, num_features=d, device=args.device,
                     repeats=args.repeats, time_budget_s=args.time_budget, seed=0, net=NET,
-                    threads=args.threads)
+                    threads=args.threads, tokens=args.tokens)
         prev = last_time.get((d, v))
         if prev is not None and v != "cached":
             est = prev[1] * m / prev[0]  # cost ~ linear in the number of candidates

@@ -127,7 +127,7 @@ def construct_pfn_inputs(
             raise UnsupportedError("Pass either `model` or `network`, not both.")
     else:
         spec = options.get("network") or options.get("checkpoint_url") or "default"
-        network = load_network(spec, training_data.X.device)
+        network = load_network(spec, training_data.X.device, dim=training_data.X.shape[-1])
     inputs: dict[str, Any] = {
         "train_X": training_data.X,
         "train_Y": Y,

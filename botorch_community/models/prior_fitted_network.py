@@ -94,10 +94,12 @@ def _as_network(
     model: Optional[torch.nn.Module],
     checkpoint_path: Optional[str],
     device: Union[str, torch.device, None] = None,
+    dim: Optional[int] = None,
 ) -> PFNTransformer:
     r"""The network of a model: `model` itself, else the checkpoint at
     `checkpoint_path` (a local path, or a name given to ``register_network``), else the
-    shipped default network. Checkpoints are loaded once per process and shared by all
+    shipped network for inputs of dimension `dim` (the default network up to `d = 18`,
+    the high-dimensional one above). Checkpoints are loaded once per process and shared by all
     models (:func:`botorch_community.pfn.networks.load_network`)."""
     if model is not None:
         if not isinstance(model, PFNTransformer):
@@ -113,7 +115,7 @@ def _as_network(
             "at run time. Pass a local checkpoint path, or leave it unset for the "
             "default network shipped with the package."
         )
-    return load_network(checkpoint_path, device)
+    return load_network(checkpoint_path, device, dim=dim)
 
 
 class PFNModel(Model):
@@ -150,7 +152,9 @@ class PFNModel(Model):
                 lie in the unit cube (the network was trained on `[0, 1]^d`).
             train_Y: `n x 1` training targets (standardised internally).
             model: A :class:`~botorch_community.pfn.PFNTransformer`. Defaults to the
-                pretrained network shipped with the package.
+                pretrained network shipped with the package for `d` inputs: the default
+                network up to `d = 18`, the high-dimensional one (cell tokens) up to
+                `d = 100`.
             checkpoint_url: A local checkpoint path written by
                 ``python -m botorch_community.pfn.train`` (ignored if `model` is given).
                 Named for compatibility with upstream; no URL is ever downloaded.
@@ -211,7 +215,7 @@ class PFNModel(Model):
                 proposals: the encode costs about a fifth at n = 100-200.
         """
         super().__init__()
-        network = _as_network(model, checkpoint_url)
+        network = _as_network(model, checkpoint_url, dim=train_X.shape[-1])
         self._validate_training_data(train_X, train_Y, network)
         if train_Yvar is not None:
             self._validate_train_Yvar(train_Yvar, train_Y)

@@ -30,6 +30,7 @@ from botorch_community.pfn.transformer import PFNTransformer
 __all__ = [
     "CheckpointError",
     "DEFAULT_WEIGHTS",
+    "HIGHD_WEIGHTS",
     "checkpoint_paths",
     "load_pretrained",
     "read_checkpoint_config",
@@ -40,6 +41,8 @@ FORMAT = "botorch_community.pfn.PFNTransformer"
 FORMAT_VERSION = 1
 #: Stem of the default network shipped with the package.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default"
+#: The shipped high-dimensional network (cell tokens, `d` up to 100).
+HIGHD_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_highd"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

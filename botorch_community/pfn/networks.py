@@ -16,10 +16,11 @@ deep-copies model options, so options carry names, never network objects).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from botorch.exceptions.errors import UnsupportedError
@@ -27,13 +28,17 @@ from botorch.exceptions.errors import UnsupportedError
 from botorch_community.pfn.checkpoint import (
     checkpoint_paths,
     DEFAULT_WEIGHTS,
+    HIGHD_WEIGHTS,
     load_pretrained,
+    read_checkpoint_config,
 )
 from botorch_community.pfn.transformer import PFNTransformer
 
 __all__ = [
+    "BUILTIN_NETWORKS",
     "NetworkSpec",
     "clear_network_cache",
+    "default_network_name",
     "default_network",
     "load_network",
     "network_reference",
@@ -77,18 +82,40 @@ def clear_network_cache() -> None:
         _LOADED.clear()
 
 
+#: The shipped networks by name: the default (row tokens, `d <= 18`) and the
+#: high-dimensional one (cell tokens, `d <= 100`).
+BUILTIN_NETWORKS = {"default": DEFAULT_WEIGHTS, "default_highd": HIGHD_WEIGHTS}
+
+
+def default_network_name(dim: Optional[int] = None) -> str:
+    r"""Which shipped network ``"default"`` means for inputs of dimension `dim`: the
+    default network where it takes `dim` inputs (or `dim` is None), else
+    ``"default_highd"``."""
+    return "default" if dim is None or dim <= _default_max_features() else "default_highd"
+
+
+@functools.lru_cache(maxsize=1)
+def _default_max_features() -> int:
+    return read_checkpoint_config(DEFAULT_WEIGHTS)["config"]["num_features"]
+
+
 def load_network(
     network: NetworkSpec = "default",
     device: Union[str, torch.device, None] = None,
+    dim: Optional[int] = None,
 ) -> PFNTransformer:
     r"""The network named by `network`, loaded at most once per process and device.
 
     Args:
-        network: ``"default"`` or None (the shipped default weights), a name given to
-            :func:`register_network`, a local checkpoint path (stem, either file, or a
-            directory; see :func:`botorch_community.pfn.checkpoint.checkpoint_paths`),
-            or a :class:`PFNTransformer` (returned as is).
+        network: ``"default"`` or None (the shipped network for inputs of dimension
+            `dim`: :func:`default_network_name`), ``"default_highd"`` (the shipped
+            high-dimensional network), a name given to :func:`register_network`, a
+            local checkpoint path (stem, either file, or a directory; see
+            :func:`botorch_community.pfn.checkpoint.checkpoint_paths`), or a
+            :class:`PFNTransformer` (returned as is).
         device: Where the network should live (default: CPU).
+        dim: The input dimension the network will see: picks the shipped network
+            for ``"default"`` (None: the default network, `d <= 18`).
 
     Returns:
         The shared, inference-only network. Loading the same file again (by any
@@ -118,14 +145,16 @@ def load_network(
                 f"network={name!r} looks like a URL; nothing is downloaded at run "
                 "time. Pass a local checkpoint path, a registered name, or 'default'."
             )
-        is_default = name in (None, "default")
-        stem = DEFAULT_WEIGHTS if is_default else Path(name).expanduser()
+        if name in (None, "default"):
+            name = default_network_name(dim)
+        is_default = name in BUILTIN_NETWORKS
+        stem = BUILTIN_NETWORKS[name] if is_default else Path(name).expanduser()
         w_path, _ = checkpoint_paths(stem)
         if not w_path.exists():
             if is_default:
                 raise FileNotFoundError(
-                    f"The default PFN weights are not installed ({w_path} is missing). "
-                    "Reinstall the package, or pass network=<checkpoint path>."
+                    f"The shipped PFN weights {name!r} are not installed ({w_path} is "
+                    "missing). Reinstall the package, or pass network=<checkpoint path>."
                 )
             known = sorted(_REGISTERED)
             raise FileNotFoundError(
@@ -136,10 +165,10 @@ def load_network(
         key = (str(w_path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
         net = _LOADED.get(key)
         if net is None:
-            net = load_pretrained(None if is_default else stem, device=device)
+            net = load_pretrained(stem, device=device)
             net.requires_grad_(False)
             _LOADED[key] = net
-            _ORIGIN[id(net)] = ("default" if is_default else str(w_path.resolve()),
+            _ORIGIN[id(net)] = (name if is_default else str(w_path.resolve()),
                                 str(device), net.weights_state())  # fmt: skip
         return net
 

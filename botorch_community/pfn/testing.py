@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from botorch_community.pfn.cell_transformer import build_network
 from botorch_community.pfn.transformer import PFNTransformer
 
 
@@ -18,7 +19,9 @@ def random_pfn(
     seed: int = 0,
     **kwargs,
 ) -> PFNTransformer:
-    r"""An untrained `PFNTransformer` with reproducible random weights, in eval mode.
+    r"""An untrained network with reproducible random weights, in eval mode (a
+    :class:`PFNTransformer`, or with ``tokens="cells"`` a
+    :class:`~botorch_community.pfn.cell_transformer.PFNCellTransformer`).
 
     Random weights give non-trivial, input-dependent predictions, which is what
     exactness tests and speed benchmarks need; never use one as a surrogate.
@@ -26,7 +29,7 @@ def random_pfn(
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        net = PFNTransformer(
+        net = build_network(
             num_features=num_features,
             emsize=emsize,
             nlayers=nlayers,
@@ -41,7 +44,7 @@ def random_pfn(
             # Switch the metric-attention terms on (they start off) so that tests
             # exercise them.
             for layer in net.layers:
-                if layer.metric_features:
+                if getattr(layer, "metric_features", 0):
                     layer.metric_gate.normal_(0.0, 1.0)
                     layer.metric_proj.weight.normal_(0.0, 0.3)
                     # moderate scales (the initial ones reach 3e4): keeps float32
@@ -50,7 +53,9 @@ def random_pfn(
             if net.noise_hint:  # known noise changes the prediction visibly
                 net.noise_encoder.weight.normal_(0.0, 0.5)
             if net.gp_head:  # context-dependent particles, a visible GP part
-                net.gp.hyper.weight.normal_(0.0, 0.1)
+                for name in ("hyper", "feature_hyper", "target_hyper"):
+                    if hasattr(net.gp, name):
+                        getattr(net.gp, name).weight.normal_(0.0, 0.1)
                 net.gp.mix.weight.normal_(0.0, 0.1)
                 net.gp.mix.bias.fill_(0.0)
     finally:
