@@ -2,7 +2,9 @@
 r"""BO quality: PFN surrogates vs a GP vs Sobol on a suite of BoTorch test functions.
 
 Problems (``--suite core``: the first four; ``--suite full`` (default): the 15 of the
-suite; ``--suite holdout``: 10 problems never used to tune anything; ``--problems``
+suite; ``--suite holdout``: 10 problems never used to tune anything; ``--suite highd``:
+5 problems with d = 20-100 for the high-dimensional network, 20 initial points and 80
+evaluations; ``--problems``
 picks any subset; ``--list-problems`` prints the table). All are BoTorch test functions
 built with ``negate=True``, so every method maximises. The noisy variants add Gaussian
 noise of the given standard deviation to what the methods observe; regret is always
@@ -120,12 +122,27 @@ HOLDOUT: dict[str, tuple[str, dict, int, float]] = {
     "ackley6_noisy": ("Ackley", {"dim": 6}, 6, 0.5),
     "styblinskitang6_noisy": ("StyblinskiTang", {"dim": 6}, 6, 2.0),
 }
+#: High-dimensional problems (the network for d > 18, ``default_highd``): a few relevant
+#: dimensions embedded in many (``d`` larger than the function's own: it reads a fixed
+#: random subset of the coordinates, the others have no effect), and all dimensions
+#: relevant. Their budget is ``HIGHD_EVALUATIONS`` with ``HIGHD_INIT`` initial points.
+HIGHD: dict[str, tuple[str, dict, int, float]] = {
+    "hartmann6_in25": ("Hartmann", {"dim": 6}, 25, 0.0),
+    "branin_in50": ("Branin", {}, 50, 0.0),
+    "hartmann6_in100": ("Hartmann", {"dim": 6}, 100, 0.0),
+    "ackley20": ("Ackley", {"dim": 20}, 20, 0.0),
+    "levy30_noisy": ("Levy", {"dim": 30}, 30, 1.0),
+}
+HIGHD_EVALUATIONS = 80
+HIGHD_INIT = 20
 SUITES = {
     "core": ["branin", "hartmann6", "ackley4", "rosenbrock4"],
     "full": list(PROBLEMS),
     "holdout": list(HOLDOUT),
+    "highd": list(HIGHD),
 }
 PROBLEMS.update(HOLDOUT)  # after SUITES: "full" is the suite's 15 above
+PROBLEMS.update(HIGHD)
 METHODS = ["pfn_logei", "gp", "sobol"]
 ALL_METHODS = ["pfn_logei", "pfn_ei", "pfn_logei_noisefree", "gp", "sobol"]
 # methods of older results files, still shown by the report
@@ -146,8 +163,39 @@ def stored_name(method: str, tag) -> str:
 
 
 def evaluations(problem: str, iterations) -> int:
-    r"""Total evaluations of a run: ``iterations`` if given, else ``max(50, 10 d)``."""
-    return int(iterations) if iterations else max(50, 10 * PROBLEMS[problem][2])
+    r"""Total evaluations of a run: ``iterations`` if given, else ``max(50, 10 d)``
+    (high-dimensional problems: ``HIGHD_EVALUATIONS``)."""
+    if iterations:
+        return int(iterations)
+    return HIGHD_EVALUATIONS if problem in HIGHD else max(50, 10 * PROBLEMS[problem][2])
+
+
+def initial_points(problem: str) -> int:
+    r"""Sobol points before BO: ``2 d`` (high-dimensional problems: ``HIGHD_INIT``)."""
+    return HIGHD_INIT if problem in HIGHD else 2 * PROBLEMS[problem][2]
+
+
+class EmbeddedProblem:
+    r"""A BoTorch test function of `k` inputs on `d > k` inputs: it reads a fixed random
+    subset of the coordinates (seeded by the problem's name), the others have no effect.
+    Bounds of the unused coordinates are `[0, 1]`."""
+
+    def __init__(self, f, d: int, name: str) -> None:
+        import zlib
+
+        import torch
+
+        g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+        self.f, self.dim = f, d
+        self.dims = torch.randperm(d, generator=g)[: f.dim].sort().values
+        lo, hi = torch.zeros(d, dtype=f.bounds.dtype), torch.ones(d, dtype=f.bounds.dtype)
+        lo[self.dims], hi[self.dims] = f.bounds[0], f.bounds[1]
+        self.bounds = torch.stack([lo, hi])
+        self.optimal_value, self.negate, self.noise_std = f.optimal_value, f.negate, f.noise_std
+        self._optimizers = None
+
+    def __call__(self, X, noise: bool = True):
+        return self.f(X[..., self.dims], noise=noise)
 
 
 def make_problem(name: str):
@@ -155,6 +203,8 @@ def make_problem(name: str):
 
     cls, kw, d, noise_std = PROBLEMS[name]
     f = getattr(tf, cls)(negate=True, noise_std=noise_std or None, **kw)
+    if d > f.dim:
+        f = EmbeddedProblem(f, d, name)
     assert f.dim == d, (name, f.dim, d)
     return f
 
@@ -225,7 +275,7 @@ def run_cost(problem: str, method: str, iterations) -> float:
     if b == "sobol":
         return 1e-3
     d = PROBLEMS[problem][2]
-    n_iter = max(evaluations(problem, iterations) - 2 * d, 0)
+    n_iter = max(evaluations(problem, iterations) - initial_points(problem), 0)
     per_it = 0.7 + 0.025 * d**2 if is_pfn(b) else 0.3 + 0.008 * d**2
     return n_iter * per_it
 
@@ -266,7 +316,7 @@ def run_one(problem_name: str, method: str, seed: int, args, network, pfn_option
     n_total = evaluations(problem_name, args.iterations)
     bounds = f.bounds.to(**tkw)
     unit = torch.stack([torch.zeros(d, **tkw), torch.ones(d, **tkw)])
-    n_init = 2 * d
+    n_init = initial_points(problem_name)
     sobol = SobolEngine(d, scramble=True, seed=seed)
     # observation noise from its own stream: the same for every method of a seed
     noise_gen = torch.Generator().manual_seed(1_000_003 * (seed + 1))
@@ -446,7 +496,12 @@ def run_all(args, res_path: Path, pfn_options: dict) -> None:
             from botorch_community.pfn.checkpoint import read_checkpoint_config
 
             try:
-                network = load_pretrained(args.checkpoint, device=args.device)
+                checkpoint = args.checkpoint
+                if checkpoint is None and max(PROBLEMS[pr][2] for pr in args.problems) > 18:
+                    from botorch_community.pfn.checkpoint import HIGHD_WEIGHTS
+
+                    checkpoint = args.checkpoint = str(HIGHD_WEIGHTS)  # what PFNModel picks
+                network = load_pretrained(checkpoint, device=args.device)
             except FileNotFoundError as e:
                 raise SystemExit(f"The shipped default network is not available: {e}\n"
                                  "Run without the pfn methods (--methods gp sobol) or "

@@ -19,12 +19,18 @@ def test_problem_table():
     assert set(B.SUITES["core"]) == {"branin", "hartmann6", "ackley4", "rosenbrock4"}
     full, holdout = B.SUITES["full"], B.SUITES["holdout"]
     assert len(full) >= 12 and holdout == list(B.HOLDOUT) and not set(full) & set(holdout)
-    assert list(B.PROBLEMS) == full + holdout
+    highd = B.SUITES["highd"]
+    assert list(B.PROBLEMS) == full + holdout + highd
     for name, (_, _, d, noise) in B.PROBLEMS.items():
         f = B.make_problem(name)
-        assert f.dim == d and 2 <= d <= 10 and f.negate
+        assert f.dim == d and f.negate
+        assert (2 <= d <= 10) if name not in highd else (20 <= d <= 100)
         assert (f.noise_std or 0.0) == noise
-        assert B.evaluations(name, None) == max(50, 10 * d)
+        if name in highd:
+            assert B.evaluations(name, None) == B.HIGHD_EVALUATIONS
+            assert B.initial_points(name) == B.HIGHD_INIT
+        else:
+            assert B.evaluations(name, None) == max(50, 10 * d)
         assert B.evaluations(name, 12) == 12
         # regret = optimal_value - f(x) >= 0 up to BoTorch's rounding of the optimal values
         # (SixHumpCamel's is -1.0316): the negated problem's optimum is its maximum
@@ -34,6 +40,11 @@ def test_problem_table():
             assert abs(float(f(x_opt, noise=False)) - f.optimal_value) < 10 * tol, name
         x = f.bounds[0] + (f.bounds[1] - f.bounds[0]) * torch.rand(256, d, dtype=torch.float64)
         assert float(f(x, noise=False).max()) <= f.optimal_value + tol, name
+        if isinstance(f, B.EmbeddedProblem):  # only the embedded coordinates matter
+            x2 = x.clone()
+            unused = [i for i in range(d) if i not in f.dims.tolist()]
+            x2[:, unused] = torch.rand(256, len(unused), dtype=torch.float64)
+            assert torch.equal(f(x, noise=False), f(x2, noise=False))
     for suite in (full, holdout):
         assert sum(B.PROBLEMS[p][2] >= 8 for p in suite) >= 1
         assert sum(B.PROBLEMS[p][3] > 0 for p in suite) >= 2

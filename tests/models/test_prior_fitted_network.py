@@ -22,13 +22,16 @@ ATOL = 1e-5
 SHAPES = [(4, 3), (5, 2, 3), (6, 1, 3)]
 
 
-# Plain attention, and the shipped kind of network (metric attention, noise hints) with a
+# Plain attention, the shipped kind of network (metric attention, noise hints) with a
 # GP head whose particles are refined at inference (the test data have n = 12), whose
-# cached GP fit must follow the same rules as the K/V cache.
+# cached GP fit must follow the same rules as the K/V cache, and the cells network.
 NETS = {
     "plain": {},
     "metric+hint+gp": {"metric_attention": True, "noise_hint": True, "gp_head": True,
                        "gp_particles": 2, "gp_refine_steps": 5, "gp_refine_min_context": 6},
+    # the high-dimensional kind: one token per input dimension (pfn/cell_transformer.py)
+    "cells+hint+gp": {"tokens": "cells", "noise_hint": True, "gp_head": True,
+                      "gp_particles": 2, "gp_refine_steps": 5, "gp_refine_min_context": 6},
 }
 
 
