@@ -646,9 +646,11 @@ def report(res_path: Path, stem: Path, args) -> None:
     S = summarize(recs, problems)
     methods, cells = S["methods"], S["cells"]
     pfn_methods = [m for m in methods if is_pfn(m)]
+    highd = all(p in HIGHD for p in problems)
     budget = (f"{args.iterations} evaluations" if args.iterations
-              else "max(50, 10 d) evaluations")
-    md = [f"### BO quality: final simple regret after {budget} (2 d Sobol initial points), "
+              else f"{HIGHD_EVALUATIONS} evaluations" if highd else "max(50, 10 d) evaluations")
+    init = f"{HIGHD_INIT}" if highd else "2 d"
+    md = [f"### BO quality: final simple regret after {budget} ({init} Sobol initial points), "
           f"optimize_acqf num_restarts={args.num_restarts}, raw_samples={args.raw_samples}",
           "",
           "Cells: median [25%, 75%] of the final regret (noise-free) (seeds); median wall "

@@ -6,13 +6,14 @@ Usage::
 
     PYTHONPATH=$PWD .venv/bin/python tools/promote_default.py runs/default_gp/model \
         --stage '{"stage": "fine-tune 7", "config": "configs/default_gp.json", ...}' \
-        [--config-set gp_refine_steps=30] [--description TEXT]
+        [--config-set gp_refine_steps=30] [--description TEXT] [--name default_highd]
 
 The stage record gets the run's step count and training seconds (from the checkpoint's
 ``train_state.json`` next to it) unless given; the totals are updated. ``--config-set``
 changes inference settings of the architecture config that are not weights (e.g.
 ``gp_refine_steps=30``); the weights must still load strictly. It overwrites
-``botorch_community/pfn/weights/default.*``: update ``MODEL_CARD.md`` and the benchmark
+``botorch_community/pfn/weights/default.*`` (with ``--name default_highd``, the
+high-dimensional network ``default_highd.*``): update ``MODEL_CARD.md`` and the benchmark
 results (``benchmarks/RESULTS.md``) with it.
 """
 
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from botorch_community.pfn.checkpoint import DEFAULT_WEIGHTS, load_pretrained, save_pretrained
+from botorch_community.pfn.checkpoint import load_pretrained, save_pretrained
+from botorch_community.pfn.networks import BUILTIN_NETWORKS
 from botorch_community.pfn.cell_transformer import build_network
 
 
@@ -37,10 +39,15 @@ def main() -> None:
     p.add_argument("--description", default=None, help="new metadata description")
     p.add_argument("--config-set", action="append", default=[], metavar="KEY=VALUE",
                    help="set an architecture config value (JSON), e.g. gp_refine_steps=30")
+    p.add_argument("--name", default="default", choices=sorted(BUILTIN_NETWORKS),
+                   help="which shipped network to replace (default_highd: the one for d > 18)")
     args = p.parse_args()
 
-    old = load_pretrained(None)
-    meta = copy.deepcopy(old.checkpoint_metadata)
+    target = BUILTIN_NETWORKS[args.name]
+    if target.with_suffix(".safetensors").exists():
+        meta = copy.deepcopy(load_pretrained(target).checkpoint_metadata)
+    else:  # the first network of this name: its lineage starts here
+        meta = {}
     net = load_pretrained(args.checkpoint)
     run_meta = net.checkpoint_metadata
     if args.config_set:
@@ -66,11 +73,11 @@ def main() -> None:
     meta["prior"] = run_meta.get("prior", meta.get("prior"))
     if args.description:
         meta["description"] = args.description
-    save_pretrained(net, DEFAULT_WEIGHTS, dtype=torch.float16, metadata=meta)
-    back = load_pretrained(None)
-    print(f"shipped {args.checkpoint}: {training['steps']} steps, "
+    save_pretrained(net, target, dtype=torch.float16, metadata=meta)
+    back = load_pretrained(target)
+    print(f"shipped {args.checkpoint} as {args.name}: {training['steps']} steps, "
           f"{training['train_seconds'] / 60:.1f} min of training, sha256 "
-          f"{json.loads(DEFAULT_WEIGHTS.with_suffix('.json').read_text())['sha256'][:12]}, "
+          f"{json.loads(target.with_suffix('.json').read_text())['sha256'][:12]}, "
           f"config {back.config}")
 
 

@@ -640,3 +640,40 @@ def test_gp_predictive_acquisitions_cached_equal_reference(warp, ensemble_size, 
     bars = BoundedRiemannPosterior(post.borders, post.probabilities)
     torch.testing.assert_close(ei._evaluate(post)[..., 0], ei._evaluate(bars)[..., 0],
                                rtol=2e-2, atol=1e-4 * float(Y.std()))  # fmt: skip
+
+
+# ------------------------------------------------------------ d > 18: shipped networks
+def test_shipped_network_is_chosen_by_dimension():
+    from botorch_community.pfn.networks import default_network_name, load_network
+
+    assert default_network_name(None) == default_network_name(18) == "default"
+    assert default_network_name(19) == "default_highd"
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(30, 40, generator=g, dtype=torch.float64)
+    Y = (X[:, :3] - 0.5).square().sum(-1, keepdim=True).neg()
+    model = PFNModel(X, Y)
+    assert model.pfn is load_network("default_highd") and model.pfn.config.tokens == "cells"
+    assert PFNModel(X[:, :6], Y).pfn is load_network("default")
+    with pytest.raises(UnsupportedError, match="at most num_features=100"):
+        PFNModel(torch.rand(5, 101, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64))
+    # the shipped high-d network, cached == reference (values and input gradients), and a
+    # BO step as the README runs it
+    ref = PFNModel(X, Y, cache_context=False)
+    Xq = torch.rand(3, 2, 40, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for m in (model, ref):
+        mean = m.posterior(Xq).mean
+        (grad,) = torch.autograd.grad(mean.sum(), Xq)
+        outs.append((mean.detach(), grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-6, rtol=1e-6)
+    assert outs[0][1].abs().max() > 0
+
+    from botorch.optim import optimize_acqf
+    from botorch_community.acquisition.discretized import DiscretizedLogExpectedImprovement
+
+    acqf = DiscretizedLogExpectedImprovement(model, best_f=Y.max())
+    bounds = torch.stack([torch.zeros(40), torch.ones(40)]).double()
+    with model.cache_training_context():
+        x, val = optimize_acqf(acqf, bounds, q=1, num_restarts=2, raw_samples=16)
+    assert x.shape == (1, 40) and torch.isfinite(val)
