@@ -243,17 +243,22 @@ def load_pretrained(
     device: Union[str, torch.device] = "cpu",
     dtype: torch.dtype = torch.float32,
     verify_hash: bool = True,
+    dim: Optional[int] = None,
 ) -> PFNTransformer:
     r"""Load a network saved by :func:`save_pretrained`.
 
     Args:
-        path: Stem, either file, or a directory (see :func:`checkpoint_paths`). None:
-            the default network shipped with the package.
+        path: Stem, either file, or a directory (see :func:`checkpoint_paths`). None
+            (or ``"default"``): the default network shipped with the package, or for
+            `dim` above its ``num_features`` (18) the shipped high-dimensional network
+            (also ``"default_highd"``).
         device: Where to put the network.
         dtype: Parameter dtype of the returned network (weights stored in half
             precision are cast up; float32 by default).
         verify_hash: Check the weights file against the SHA-256 in the config (if
             present), which detects corrupted or swapped weight files.
+        dim: The input dimension the network is for (picks the shipped network when
+            `path` is None).
 
     Returns:
         The :class:`PFNTransformer`, in eval mode. The config's ``metadata`` is attached
@@ -265,8 +270,13 @@ def load_pretrained(
             or the weights do not match the architecture in the config (the message
             lists what differs).
     """
-    if path is None:
-        stem = DEFAULT_WEIGHTS
+    if path in (None, "default", "default_highd"):
+        highd = path == "default_highd" or (
+            path is None
+            and dim is not None
+            and dim > read_checkpoint_config(DEFAULT_WEIGHTS)["config"]["num_features"]
+        )
+        stem = HIGHD_WEIGHTS if highd else DEFAULT_WEIGHTS
         if not checkpoint_paths(stem)[0].exists():
             raise FileNotFoundError(
                 f"The default PFN weights are not installed ({stem}.safetensors is "

@@ -648,6 +648,11 @@ def test_shipped_network_is_chosen_by_dimension():
 
     assert default_network_name(None) == default_network_name(18) == "default"
     assert default_network_name(19) == "default_highd"
+    from botorch_community.pfn import load_pretrained
+
+    assert load_pretrained(dim=40).config.tokens == "cells"
+    assert load_pretrained("default_highd").config.tokens == "cells"
+    assert load_pretrained(dim=18).config.tokens == load_pretrained().config.tokens == "rows"
     g = torch.Generator().manual_seed(0)
     X = torch.rand(30, 40, generator=g, dtype=torch.float64)
     Y = (X[:, :3] - 0.5).square().sum(-1, keepdim=True).neg()
