@@ -347,6 +347,13 @@ def test_construct_inputs(net):
         PFNModel.construct_inputs(ds, network="test-pfn", nu=2.5)
     with pytest.raises(UnsupportedError, match="not both"):
         PFNModel.construct_inputs(ds, network="test-pfn", checkpoint_url="x")
+    # Ax's default network option follows the search space's dimension: more than 18
+    # parameters get the shipped high-dimensional network
+    X30 = torch.rand(6, 30, dtype=torch.float64)
+    ds30 = SupervisedDataset(X30, X30[:, :1], feature_names=[f"x{i}" for i in range(30)],
+                             outcome_names=["y"])  # fmt: skip
+    assert PFNModel.construct_inputs(ds30)["model"].config.tokens == "cells"
+    assert PFNModel.construct_inputs(ds)["model"].config.tokens == "rows"
     with pytest.raises(UnsupportedError, match="single outcome"):
         PFNModel.construct_inputs(_dataset(2), network="test-pfn")
     with pytest.raises(UnsupportedError, match="task_feature"):
