@@ -69,6 +69,11 @@ class PFNConfig:
         gp_constant_mean: Each GP particle gets the constant prior mean that maximises
             its marginal likelihood (generalised least squares) instead of zero (the
             context's mean). An inference setting.
+        gp_refine_min_per_dim: Refine only contexts with at least this many observed
+            targets per input dimension (as well as ``gp_refine_min_context``): the
+            ascent fits `d` lengthscales per particle, and with fewer than about `2 d`
+            observations it overfits them (high-dimensional network: 2; 0: no such
+            bound). An inference setting.
         tokens: ``"rows"``: one token per data row, inputs zero-padded to
             `num_features` (:class:`~botorch_community.pfn.transformer.PFNTransformer`).
             ``"cells"``: one token per input dimension of each row plus one for its
@@ -95,6 +100,7 @@ class PFNConfig:
     gp_refine_max_rows: int = 200
     gp_refine_warm_steps: int = 6
     gp_constant_mean: bool = False
+    gp_refine_min_per_dim: float = 0.0
     tokens: str = "rows"
 
     def __post_init__(self) -> None:
@@ -109,6 +115,14 @@ class PFNConfig:
             elif f.type in ("bool",):
                 if not isinstance(value, bool):
                     raise ValueError(f"PFNConfig.{f.name} must be true or false, got {value!r}.")
+            elif f.name == "gp_refine_min_per_dim":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    0.0 <= value <= 1000.0
+                ):
+                    raise ValueError(
+                        f"PFNConfig.gp_refine_min_per_dim must be a number in [0, 1000], "
+                        f"got {value!r}."
+                    )
             elif f.name == "dropout":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     0.0 <= value < 1.0
@@ -153,6 +167,8 @@ class PFNConfig:
                 out.pop(name, None)
         if not self.gp_constant_mean:
             out.pop("gp_constant_mean", None)
+        if not self.gp_refine_min_per_dim:
+            out.pop("gp_refine_min_per_dim", None)
         if self.tokens == "rows":  # configs of row networks stay as they were
             out.pop("tokens")
         return out
@@ -200,11 +216,12 @@ _OPTION_FIELDS = {
     "metric_attention": (),
     "noise_hint": (),
     "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
-                "gp_refine_warm_steps", "gp_constant_mean"),
+                "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
-                     "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean")  # fmt: skip
+                     "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean",
+                     "gp_refine_min_per_dim")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

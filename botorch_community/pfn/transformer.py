@@ -23,6 +23,7 @@ head's mixture (:mod:`botorch_community.pfn.gp_head`) mixed in for networks that
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Optional
 
 import torch
@@ -390,8 +391,11 @@ class PFNTransformer(nn.Module):
             steps = c.gp_refine_warm_steps
             if gp_init.shape[0] == 1 and token.shape[0] > 1:
                 gp_init = gp_init.expand(token.shape[0], *gp_init.shape[1:])
+        # at least `gp_refine_min_per_dim` observations per lengthscale to fit
+        min_context = max(c.gp_refine_min_context,
+                          math.ceil(c.gp_refine_min_per_dim * context_X.shape[-1]))
         return self.gp.fit(token, context_X, context_Y, steps,
-                           c.gp_refine_min_context, c.gp_refine_max_rows,
+                           min_context, c.gp_refine_max_rows,
                            known_noise=context_Yvar,
                            constant_mean=c.gp_constant_mean,
                            init_particles=gp_init)  # fmt: skip
