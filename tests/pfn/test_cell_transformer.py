@@ -178,3 +178,20 @@ def test_training_loss_and_checkpoint_roundtrip(tmp_path):
     T = torch.rand(5, 9)
     torch.testing.assert_close(back.predict(T, back.encode_context(X[0], Y[0])),
                                net.predict(T, net.encode_context(X[0], Y[0])))  # fmt: skip
+
+
+def test_refinement_needs_observations_per_dimension():
+    # gp_refine_min_per_dim = 2: a context of n < 2 d keeps the network's proposals
+    net = _net(gp_head=True, gp_refine_steps=5, gp_refine_min_context=5).double()
+    X, Y = _data(30, 20)
+    proposed = net.config.replace(gp_refine_steps=0)
+    refined = net.encode_context(X, Y).gp_fit.theta
+    net.config = proposed
+    plain = net.encode_context(X, Y).gp_fit.theta
+    assert not torch.allclose(refined, plain)
+    net.config = proposed.replace(gp_refine_steps=5, gp_refine_min_per_dim=2.0)
+    torch.testing.assert_close(net.encode_context(X, Y).gp_fit.theta, plain)  # 30 < 40
+    net.config = net.config.replace(gp_refine_min_per_dim=1.0)  # 30 >= 20: refined
+    torch.testing.assert_close(net.encode_context(X, Y).gp_fit.theta, refined)
+    with pytest.raises(ValueError, match="gp_refine_min_per_dim"):
+        PFNConfig(num_features=5, gp_refine_min_per_dim=-1.0)
