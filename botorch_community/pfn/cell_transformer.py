@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from botorch_community.pfn.config import PFNConfig
+from botorch_community.pfn.config import PFNConfig, resolve_config
 from botorch_community.pfn.dtype_copies import DtypeCopies
 from botorch_community.pfn.gp_head import CellGPHead
 from botorch_community.pfn.kv_cache import KVCache
@@ -357,11 +357,6 @@ def build_network(
             arguments (they override the config's).
         borders: `(num_buckets + 1)` increasing bucket borders.
     """
-    if config is None:
-        config = PFNConfig.from_dict(fields)
-    elif isinstance(config, dict):
-        config = PFNConfig.from_dict({**config, **fields})
-    elif fields:
-        config = config.replace(**fields)
+    config = resolve_config(config, fields)
     cls = PFNCellTransformer if config.tokens == "cells" else PFNTransformer
     return cls(config, borders=borders)

@@ -211,6 +211,16 @@ class PFNConfig:
         return out
 
 
+def resolve_config(config: Any, fields: dict[str, Any]) -> "PFNConfig":
+    r"""A network constructor's config: `config` (a :class:`PFNConfig`, its dict form,
+    or None) with the keyword `fields` applied over it (validated)."""
+    if config is None:
+        return PFNConfig.from_dict(fields)
+    if isinstance(config, dict):
+        return PFNConfig.from_dict({**config, **fields})
+    return config.replace(**fields) if fields else config
+
+
 #: Fields of an option that are only recorded while the option is on.
 _OPTION_FIELDS = {
     "metric_attention": (),

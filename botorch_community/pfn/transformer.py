@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 from botorch_community.pfn.bar_distribution import bar_nll, bucket_index
-from botorch_community.pfn.config import PFNConfig
+from botorch_community.pfn.config import PFNConfig, resolve_config
 from botorch_community.pfn.dtype_copies import DtypeCopies
 from botorch_community.pfn.gp_head import GPFit, GPHead, GPMixture
 from botorch_community.pfn.kv_cache import KVCache, to_cache_layout
@@ -136,12 +136,7 @@ class PFNTransformer(nn.Module):
     ) -> PFNConfig:
         r"""Set ``self.config`` (from `config` and/or `fields`, see :meth:`__init__`)
         and register the checked ``borders`` buffer; returns the config."""
-        if config is None:
-            config = PFNConfig.from_dict(fields)
-        elif isinstance(config, dict):
-            config = PFNConfig.from_dict({**config, **fields})
-        elif fields:
-            config = config.replace(**fields)
+        config = resolve_config(config, fields)
         self.config = config
         K = config.num_buckets
         if borders is None:
