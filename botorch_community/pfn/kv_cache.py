@@ -30,7 +30,9 @@ class KVCache:
 
     Attributes:
         keys: One tensor per layer, each `batch_shape x nhead x (n + 1) x head_dim`
-            (the extra row is the network's learned context token).
+            (the extra row is the network's learned context token); for a cells network
+            (:class:`~botorch_community.pfn.cell_transformer.PFNCellTransformer`) one set
+            per column, `batch_shape x (d + 1) x nhead x (n + 1) x head_dim`.
         values: Same shapes as ``keys``.
         batch_shape: The batch shape of the context (e.g. `torch.Size([])` for a single
             training set shared by all test points).
