@@ -201,14 +201,6 @@ class PFNCellTransformer(PFNTransformer):
         self._dtype_copies = DtypeCopies()
 
     # ------------------------------------------------------------------ encoders
-    def _check_dim(self, d: int) -> None:
-        if d > self.num_features:
-            raise ValueError(
-                f"The inputs have d={d} features but this network supports at most "
-                f"num_features={self.num_features}. Reduce the dimension (e.g. fix or "
-                "embed some parameters) or use a network trained with more features."
-            )
-
     def encode_x(self, X: Tensor) -> Tensor:
         r"""The cells of rows without a target (test rows): their `d` input cells and
         a target cell holding the missing-target embedding.

@@ -203,6 +203,15 @@ class PFNTransformer(nn.Module):
         )
 
     # ------------------------------------------------------------------ encoders
+    def _check_dim(self, d: int) -> None:
+        r"""Raise a clear error for inputs of more than ``num_features`` dimensions."""
+        if d > self.num_features:
+            raise ValueError(
+                f"The inputs have d={d} features but this network supports at most "
+                f"num_features={self.num_features}. Reduce the dimension (e.g. fix or "
+                "embed some parameters) or use a network trained with more features."
+            )
+
     def encode_x(self, X: Tensor) -> Tensor:
         r"""Embed inputs, zero-padding `d < num_features` and rescaling by
         `num_features / d`.
@@ -214,12 +223,7 @@ class PFNTransformer(nn.Module):
             `batch_shape x m x emsize` embeddings.
         """
         d = X.shape[-1]
-        if d > self.num_features:
-            raise ValueError(
-                f"The inputs have d={d} features but this network supports at most "
-                f"num_features={self.num_features}. Reduce the dimension (e.g. fix or "
-                "embed some parameters) or use a network trained with more features."
-            )
+        self._check_dim(d)
         if d == 0:
             return self.x_encoder.bias.expand(*X.shape[:-1], -1)
         X = X * (self.num_features / d)
