@@ -496,12 +496,16 @@ def run_all(args, res_path: Path, pfn_options: dict) -> None:
             from botorch_community.pfn.checkpoint import read_checkpoint_config
 
             try:
-                checkpoint = args.checkpoint
-                if checkpoint is None and max(PROBLEMS[pr][2] for pr in args.problems) > 18:
-                    from botorch_community.pfn.checkpoint import HIGHD_WEIGHTS
+                if args.checkpoint is None:  # the shipped network PFNModel picks for this d
+                    from botorch_community.pfn.checkpoint import (
+                        BUILTIN_WEIGHTS,
+                        shipped_network_name,
+                    )
 
-                    checkpoint = args.checkpoint = str(HIGHD_WEIGHTS)  # what PFNModel picks
-                network = load_pretrained(checkpoint, device=args.device)
+                    name = shipped_network_name(max(PROBLEMS[pr][2] for pr in args.problems))
+                    if name != "default":
+                        args.checkpoint = str(BUILTIN_WEIGHTS[name])
+                network = load_pretrained(args.checkpoint, device=args.device)
             except FileNotFoundError as e:
                 raise SystemExit(f"The shipped default network is not available: {e}\n"
                                  "Run without the pfn methods (--methods gp sobol) or "

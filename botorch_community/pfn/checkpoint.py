@@ -14,6 +14,7 @@ error, and the weights must match the architecture the config describes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,9 +32,11 @@ __all__ = [
     "CheckpointError",
     "DEFAULT_WEIGHTS",
     "HIGHD_WEIGHTS",
+    "BUILTIN_WEIGHTS",
     "checkpoint_paths",
     "load_pretrained",
     "read_checkpoint_config",
+    "shipped_network_name",
     "save_pretrained",
 ]
 
@@ -43,6 +46,9 @@ FORMAT_VERSION = 1
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default"
 #: The shipped high-dimensional network (cell tokens, `d` up to 100).
 HIGHD_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_highd"
+#: The shipped networks by name: the default (row tokens, `d <= 18`) and the
+#: high-dimensional one (cell tokens, `d <= 100`).
+BUILTIN_WEIGHTS = {"default": DEFAULT_WEIGHTS, "default_highd": HIGHD_WEIGHTS}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -237,6 +243,18 @@ def _describe_mismatch(
     return problems
 
 
+def shipped_network_name(dim: Optional[int] = None) -> str:
+    r"""Which shipped network ``"default"`` means for inputs of dimension `dim`: the
+    default network where it takes `dim` inputs (or `dim` is None), else
+    ``"default_highd"``."""
+    return "default" if dim is None or dim <= _default_max_features() else "default_highd"
+
+
+@functools.lru_cache(maxsize=1)
+def _default_max_features() -> int:
+    return read_checkpoint_config(DEFAULT_WEIGHTS)["config"]["num_features"]
+
+
 def load_pretrained(
     path: Optional[PathLike] = None,
     *,
@@ -270,13 +288,9 @@ def load_pretrained(
             or the weights do not match the architecture in the config (the message
             lists what differs).
     """
-    if path in (None, "default", "default_highd"):
-        highd = path == "default_highd" or (
-            path is None
-            and dim is not None
-            and dim > read_checkpoint_config(DEFAULT_WEIGHTS)["config"]["num_features"]
-        )
-        stem = HIGHD_WEIGHTS if highd else DEFAULT_WEIGHTS
+    if path is None or path in BUILTIN_WEIGHTS:
+        name = shipped_network_name(dim) if path in (None, "default") else path
+        stem = BUILTIN_WEIGHTS[name]
         if not checkpoint_paths(stem)[0].exists():
             raise FileNotFoundError(
                 f"The default PFN weights are not installed ({stem}.safetensors is "

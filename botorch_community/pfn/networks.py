@@ -16,7 +16,6 @@ deep-copies model options, so options carry names, never network objects).
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from pathlib import Path
@@ -26,11 +25,10 @@ import torch
 from botorch.exceptions.errors import UnsupportedError
 
 from botorch_community.pfn.checkpoint import (
+    BUILTIN_WEIGHTS,
     checkpoint_paths,
-    DEFAULT_WEIGHTS,
-    HIGHD_WEIGHTS,
     load_pretrained,
-    read_checkpoint_config,
+    shipped_network_name,
 )
 from botorch_community.pfn.transformer import PFNTransformer
 
@@ -82,21 +80,11 @@ def clear_network_cache() -> None:
         _LOADED.clear()
 
 
-#: The shipped networks by name: the default (row tokens, `d <= 18`) and the
-#: high-dimensional one (cell tokens, `d <= 100`).
-BUILTIN_NETWORKS = {"default": DEFAULT_WEIGHTS, "default_highd": HIGHD_WEIGHTS}
-
-
-def default_network_name(dim: Optional[int] = None) -> str:
-    r"""Which shipped network ``"default"`` means for inputs of dimension `dim`: the
-    default network where it takes `dim` inputs (or `dim` is None), else
-    ``"default_highd"``."""
-    return "default" if dim is None or dim <= _default_max_features() else "default_highd"
-
-
-@functools.lru_cache(maxsize=1)
-def _default_max_features() -> int:
-    return read_checkpoint_config(DEFAULT_WEIGHTS)["config"]["num_features"]
+#: The shipped networks by name (:data:`~botorch_community.pfn.checkpoint.BUILTIN_WEIGHTS`).
+BUILTIN_NETWORKS = BUILTIN_WEIGHTS
+#: Which shipped network ``"default"`` means for `d` inputs
+#: (:func:`~botorch_community.pfn.checkpoint.shipped_network_name`).
+default_network_name = shipped_network_name
 
 
 def load_network(
