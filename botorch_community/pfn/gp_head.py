@@ -274,20 +274,8 @@ class GPHead(nn.Module):
         if particles < 1:
             raise ValueError(f"gp_particles must be at least 1, got {particles}.")
         self.num_features, self.particles = num_features, particles
-        J, nf = particles, num_features
         self.norm = nn.LayerNorm(emsize)
-        # per particle: nf log lengthscales, log outputscale, log noise, weight logit.
-        # A zero map plus spread biases: at the start the particles are fixed guesses
-        # (lengthscales 0.14 .. 1 x sqrt(d), noise 5e-5 .. 0.14), weighted by their
-        # marginal likelihood.
-        self.hyper = nn.Linear(emsize, J * (nf + 3))
-        nn.init.zeros_(self.hyper.weight)
-        with torch.no_grad():
-            bias = self.hyper.bias.view(J, nf + 3)
-            bias[:, :nf] = torch.linspace(-2.0, 0.0, J).unsqueeze(-1)
-            bias[:, nf] = 0.0
-            bias[:, nf + 1] = torch.linspace(-10.0, -2.0, J)
-            bias[:, nf + 2] = 0.0
+        self._init_proposal(emsize)
         # mixing logit of the GP part from the test token and the mixture's log std
         self.mix_norm = nn.LayerNorm(emsize)
         self.mix = nn.Linear(emsize + 1, 1)
@@ -378,6 +366,22 @@ class GPHead(nn.Module):
             if not self.training:
                 fit = _compact(fit)
         return fit
+
+    def _init_proposal(self, emsize: int) -> None:
+        r"""The map from the context token to the particles (read by :meth:`propose`)."""
+        J, nf = self.particles, self.num_features
+        # per particle: nf log lengthscales, log outputscale, log noise, weight logit.
+        # A zero map plus spread biases: at the start the particles are fixed guesses
+        # (lengthscales 0.14 .. 1 x sqrt(d), noise 5e-5 .. 0.14), weighted by their
+        # marginal likelihood.
+        self.hyper = nn.Linear(emsize, J * (nf + 3))
+        nn.init.zeros_(self.hyper.weight)
+        with torch.no_grad():
+            bias = self.hyper.bias.view(J, nf + 3)
+            bias[:, :nf] = torch.linspace(-2.0, 0.0, J).unsqueeze(-1)
+            bias[:, nf] = 0.0
+            bias[:, nf + 1] = torch.linspace(-10.0, -2.0, J)
+            bias[:, nf + 2] = 0.0
 
     def propose(self, token: Tensor, d: int) -> tuple[Tensor, Tensor]:
         r"""The network's particles for a batch of contexts.
@@ -743,10 +747,12 @@ class CellGPHead(GPHead):
             particles: `J`, the number of hyperparameter particles.
             init_logit: Initial logit of the GP mixture's weight in the output.
         """
-        super().__init__(emsize, 1, particles, init_logit)
-        del self.hyper  # replaced by the per-cell maps below
-        J = particles
-        # zero maps plus spread biases, as for the row network's head
+        super().__init__(emsize, 0, particles, init_logit)  # no fixed number of inputs
+
+    def _init_proposal(self, emsize: int) -> None:
+        r"""One map for every input cell, one for the target cell (zero maps plus
+        spread biases, as for the row network's head)."""
+        J = self.particles
         self.feature_hyper = nn.Linear(emsize, J)  # log lengthscale of each particle
         self.target_hyper = nn.Linear(emsize, 3 * J)  # log outputscale, log noise, logit
         for lin in (self.feature_hyper, self.target_hyper):
