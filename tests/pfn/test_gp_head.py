@@ -272,6 +272,45 @@ def test_refinement_raises_each_particles_marginal_likelihood_in_eval_only(monke
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("constant_mean", [False, True])
+@pytest.mark.parametrize("known", [False, True])
+@pytest.mark.parametrize("missing", [False, True])
+def test_closed_form_gradient_of_the_marginal_likelihood_is_autograds(constant_mean, known, missing):
+    # the refinement ascends with the closed-form gradient of _condition(with_grad=True);
+    # autograd through the Cholesky factor is the reference (4 particles: Matérn and RBF
+    # alternate; a lengthscale, an outputscale and a noise beyond their clamps)
+    g = torch.Generator().manual_seed(3)
+    b, J, n, d = 2, 4, 25, 5
+    head = GPHead(8, 6, particles=J).double()
+    X = torch.rand(b, n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(b, n, generator=g, dtype=torch.float64)
+    observed = torch.ones(b, n, dtype=torch.float64)
+    if missing:
+        observed[0, -4:] = 0.0
+        y[0, -4:] = 0.0
+    noise = None
+    if known:
+        noise = 0.1 * torch.rand(b, n, generator=g, dtype=torch.float64)
+        noise[:, ::2] = float("nan")
+    theta = 0.7 * torch.randn(b, J, d + 2, generator=g, dtype=torch.float64)
+    theta[0, 0, 0], theta[1, 1, d], theta[1, 2, d + 1] = 9.0, 5.0, -20.0  # clamped
+    p = theta.clone().requires_grad_(True)
+    lml = head._condition(p, X, y, observed, noise, constant_mean)[1]
+    (expected,) = torch.autograd.grad(lml.sum(), p)
+    with torch.no_grad():
+        _, lml_cf, grad = head._condition(theta, X, y, observed, noise, constant_mean, with_grad=True)
+    torch.testing.assert_close(lml_cf, lml.detach(), rtol=0.0, atol=0.0)
+    torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-9)
+    assert float(grad[0, 0, 0]) == 0.0 and float(grad[1, 1, d]) == 0.0 and float(grad[1, 2, d + 1]) == 0.0
+    # any other order of the kernels (e.g. compacted fits): the same slope function
+    matern = torch.tensor([True, True, False, True]).view(1, -1, 1, 1)
+    r2 = torch.rand(b, J, 6, 6, generator=g, dtype=torch.float64).requires_grad_(True)
+    k, slope = gp_head.unit_kernel_slope(r2, matern)
+    torch.testing.assert_close(k, gp_head.unit_kernel(r2, matern))
+    (auto,) = torch.autograd.grad(gp_head.unit_kernel(r2, matern).sum(), r2)
+    torch.testing.assert_close(slope, auto)
+
+
 def test_refinement_skips_small_contexts_and_ignores_the_batch():
     X, Y, Xq = _data(n=12, b=3)
     token = torch.randn(3, 8, dtype=torch.float64)
