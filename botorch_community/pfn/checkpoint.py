@@ -143,8 +143,11 @@ def save_pretrained(
 
 
 def read_checkpoint_config(path: Optional[PathLike] = None) -> dict[str, Any]:
-    r"""The JSON config of a checkpoint (the shipped default when `path` is None)."""
-    _, c_path = checkpoint_paths(DEFAULT_WEIGHTS if path is None else path)
+    r"""The JSON config of a checkpoint (the shipped default when `path` is None; a
+    name of :data:`BUILTIN_WEIGHTS` reads that shipped network's)."""
+    if path is None or (isinstance(path, str) and path in BUILTIN_WEIGHTS):
+        path = BUILTIN_WEIGHTS["default" if path is None else path]
+    _, c_path = checkpoint_paths(path)
     if not c_path.exists():
         raise FileNotFoundError(f"No checkpoint config at {c_path}.")
     try:

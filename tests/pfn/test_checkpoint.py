@@ -193,3 +193,9 @@ def test_old_checkpoint_configs_with_removed_options_off_still_load(tmp_path):
     cfg["config"].update(gaussian_head=False, target_readout=False)
     (tmp_path / "m.json").write_text(json.dumps(cfg))
     assert load_pretrained(tmp_path / "m", verify_hash=False).config == _net().config
+
+
+def test_read_checkpoint_config_takes_the_shipped_names():
+    # a run's lineage (train.init_from="default_highd") reads the shipped config by name
+    assert read_checkpoint_config("default_highd")["config"]["tokens"] == "cells"
+    assert read_checkpoint_config("default") == read_checkpoint_config()
