@@ -171,8 +171,8 @@ class PFNAcquisition(Acquisition):
             X_observed=self.X_observed,
         )
         X = self.X_observed
-        with torch.no_grad():
-            mean = model.posterior(X).mean  # n x m
+        with torch.no_grad():  # the marginal means (q = 1 each: no n x n joint)
+            mean = model.posterior(X.unsqueeze(-2)).mean.squeeze(-2)  # n x m
         dataset = SupervisedDataset(
             X=X, Y=mean,
             feature_names=[f"x{i}" for i in range(X.shape[-1])],

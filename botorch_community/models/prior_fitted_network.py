@@ -1068,7 +1068,12 @@ class PFNModel(Model):
 
         Returns:
             A `BoundedRiemannPosterior` with `b? x q?` batch of distributions, in the
-            user's units.
+            user's units. With the GP head's predictive and `q > 1` points it is their
+            joint (a :class:`MultivariateRiemannPosterior`: the marginals coupled by the
+            mixture's own correlation, :meth:`_gp_correlation`), so MC acquisitions
+            over batches or with ``X_pending`` see the points' coupling, as with a GP.
+            With the network's full output the `q` points are independent (their joint:
+            :class:`MultivariatePFNModel`).
         """
         if output_indices is not None and list(output_indices) != [0]:
             raise UnsupportedError(
@@ -1082,7 +1087,53 @@ class PFNModel(Model):
             posterior = BoundedRiemannPosterior(
                 borders=borders, probabilities=logits.softmax(dim=-1)
             )
+        elif X.dim() >= 2 and X.shape[-2] > 1 and X.shape[:-1].numel() > 0:
+            R = self._gp_correlation(X, pending_X, negate_train_ys, noisy)
+            if R is not None:  # the q points' joint, as a GP's posterior is
+                posterior = MultivariateRiemannPosterior(
+                    borders=posterior.borders,
+                    probabilities=posterior.probabilities,
+                    correlation_matrix=R,
+                )
         return _apply_posterior_transform(posterior, posterior_transform)
+
+    def _gp_correlation(
+        self,
+        X: Tensor,
+        pending_X: Optional[Tensor] = None,
+        negate_train_ys: bool = False,
+        observation_noise: bool = False,
+    ) -> Optional[Tensor]:
+        r"""The `b? x q x q` correlation of the GP head's mixture at the `q` points of
+        `X` (`b? x q x d`), or None where the predictive is not the GP head's alone
+        (``predictive="mixture"``, an ensemble, an empty context).
+
+        The mixture's own joint covariance
+        (:meth:`~botorch_community.pfn.gp_head.GPHead.mixture_correlation`, one batched
+        GP posterior per particle), projected onto the valid correlation matrices. It
+        couples the points of a batch as a GP's posterior does, so MC acquisitions
+        (``qLogEI`` with `q > 1`, or with ``X_pending``) see that two copies of one
+        point cannot both improve, and a point beside a pending one gains little.
+        """
+        if self.ensemble_size != 1:
+            return None
+        ctx = self._context(pending_X, negate_train_ys)
+        if self._gp_borders(ctx) is None:
+            return None
+        if not X.is_floating_point():
+            X = X.to(self.train_X)
+        batch_shape, q = X.shape[:-2], X.shape[-2]
+        X_t = self.transform_inputs(X).reshape(-1, q, X.shape[-1])  # `b x q x d`
+        with _eval_mode(self.pfn):
+            net, state = self._network_and_state()
+            if self._caching:
+                cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
+            else:
+                cache = net.encode_context(ctx.X, ctx.Y, train_Yvar=ctx.Yvar,
+                                           gp_init=self._gp_init)  # fmt: skip
+                self.num_encodings += 1
+            R = net.gp.mixture_correlation(cache.gp_fit, X_t, observation_noise)
+        return _nearest_correlation(R.to(X)).reshape(*batch_shape, q, q)
 
     @classmethod
     def construct_inputs(cls, training_data: Any, **model_options: Any) -> dict:
@@ -1375,7 +1426,8 @@ class MultivariatePFNModel(PFNModel):
             pending_X=pending_X,
             negate_train_ys=negate_train_ys,
         )
-        if X.dim() < 2 or X.shape[-2] == 1:
+        if X.dim() < 2 or X.shape[-2] == 1 or isinstance(marginals, MultivariateRiemannPosterior):
+            # q = 1, or already the GP head's joint (PFNModel.posterior)
             return _apply_posterior_transform(marginals, posterior_transform)
         if X.shape[:-1].numel() == 0:  # no candidates: an empty joint posterior
             R = marginals.mean.new_zeros(*X.shape[:-1], X.shape[-2])
@@ -1418,23 +1470,14 @@ class MultivariatePFNModel(PFNModel):
         Returns:
             `b? x q x q` correlation matrices.
         """
+        R = self._gp_correlation(X, pending_X, negate_train_ys, observation_noise)
+        if R is not None:
+            # The GP head's mixture is the predictive: its own joint covariance gives the
+            # correlations exactly (no conditional network passes).
+            return R
         batch_shape, q = X.shape[:-2], X.shape[-2]
         X_t = self.transform_inputs(X).reshape(-1, q, X.shape[-1])  # `b x q x d`
         ctx = self._context(pending_X, negate_train_ys)
-        if self._gp_borders(ctx) is not None and self.ensemble_size == 1:
-            # The GP head's mixture is the predictive: its own joint covariance gives the
-            # correlations exactly (network space; one batched GP posterior, no
-            # conditional network passes).
-            with _eval_mode(self.pfn):
-                net, state = self._network_and_state()
-                if self._caching:
-                    cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
-                else:
-                    cache = net.encode_context(ctx.X, ctx.Y, train_Yvar=ctx.Yvar,
-                                               gp_init=self._gp_init)  # fmt: skip
-                    self.num_encodings += 1
-                R = net.gp.mixture_correlation(cache.gp_fit, X_t, observation_noise)
-            return _nearest_correlation(R.to(X)).reshape(*batch_shape, q, q)
         ctx_X, ctx_Y = ctx.X, ctx.Y
         mu = marginals.mean.squeeze(-1).reshape(-1, q)  # `b x q`, user units
         sigma = marginals.variance.squeeze(-1).clamp_min(1e-12).sqrt().reshape(-1, q)

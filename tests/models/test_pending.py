@@ -99,3 +99,55 @@ class TestPendingPoints(BotorchTestCase):
                                      sequential=True, options={"maxiter": 50})
         dist = torch.cdist(cands, cands) + torch.eye(4, dtype=DT) * 10
         self.assertGreater(dist.min().item(), 0.05)
+
+
+class TestJointPosterior(BotorchTestCase):
+    r"""With the GP head's predictive, `PFNModel.posterior` of `q > 1` points is their
+    joint, so BoTorch's MC acquisitions neither duplicate a batch's points nor a pending
+    one (shipped network)."""
+
+    def test_batch_posterior_is_joint_with_the_marginals_of_single_points(self):
+        from botorch_community.posteriors.riemann import MultivariateRiemannPosterior
+
+        model, X, _ = _hartmann_model()
+        x = torch.full((1, 6), 0.5, dtype=DT)
+        far = torch.zeros(1, 6, dtype=DT)
+        Xq = torch.cat([x, x, far])
+        joint = model.posterior(Xq)
+        self.assertIsInstance(joint, MultivariateRiemannPosterior)
+        R = joint.correlation_matrix
+        self.assertGreater(float(R[0, 1]), 0.999)  # a duplicate: the same value
+        self.assertLess(abs(float(R[0, 2])), 0.5)
+        single = model.posterior(Xq.unsqueeze(-2))  # q = 1 each: the marginals
+        self.assertAllClose(joint.probabilities, single.probabilities.squeeze(-2))
+        # q = 1 keeps the exact mixture posterior of the discretized acquisitions
+        self.assertNotIsInstance(model.posterior(x), MultivariateRiemannPosterior)
+
+    def test_mc_acquisitions_see_duplicates_and_pending_points(self):
+        from botorch.acquisition.logei import qLogExpectedImprovement
+        from botorch.sampling import SobolQMCNormalSampler
+
+        model, X, Y = _hartmann_model()
+        best = Y.max()
+        order = Y.view(-1).argsort(descending=True)
+        x = X[order[0]].unsqueeze(0) + 0.03  # beside the incumbent: some improvement
+        x2 = X[order[1]].unsqueeze(0) + 0.03  # beside the runner-up
+
+        def acqf(pending=None):
+            sampler = SobolQMCNormalSampler(torch.Size([512]), seed=0)
+            return qLogExpectedImprovement(model, best_f=best, sampler=sampler, X_pending=pending)
+
+        one = float(acqf()(x.unsqueeze(0)))
+        twice = float(acqf()(torch.cat([x, x]).unsqueeze(0)))
+        self.assertAlmostEqual(twice, one, delta=0.02)  # a copy adds nothing
+        self.assertGreater(float(acqf()(torch.cat([x, x2]).unsqueeze(0))), twice + 0.01)
+        # with x pending, x itself gains nothing over the pending batch, x2 does
+        on_pending = float(acqf(pending=x)(x.unsqueeze(0)))
+        self.assertAlmostEqual(on_pending, one, delta=0.02)
+        self.assertGreater(float(acqf(pending=x)(x2.unsqueeze(0))), on_pending + 0.01)
+        # a q = 3 batch of distinct points
+        bounds = torch.stack([torch.zeros(6, dtype=DT), torch.ones(6, dtype=DT)])
+        with model.cache_training_context():
+            cand, _ = optimize_acqf(acqf(), bounds, q=3, num_restarts=4, raw_samples=64)
+        gaps = torch.pdist(cand)
+        self.assertGreater(float(gaps.min()), 0.01)
