@@ -8,8 +8,16 @@ call (``choose_botorch_acqf_class``): ``qLogNoisyExpectedImprovement`` for one o
 while no observed point is feasible. :class:`PFNAcquisition` replaces the noisy variants
 (:func:`pfn_acquisition_class`):
 
-* one objective without outcome constraints: the exact discretized LogEI
+* one objective without outcome constraints, one candidate and no pending trials: the
+  exact discretized LogEI
   (:class:`~botorch_community.acquisition.discretized.DiscretizedLogExpectedImprovement`);
+* the same with a batch (`n > 1`) or pending trials:
+  :class:`PFNBatchLogExpectedImprovement`, the exact discretized LogEI while nothing is
+  pending (a batch's first point) and ``qLogExpectedImprovement`` on the joint posterior
+  of the candidate and the pending points otherwise (the GP head's correlation,
+  :meth:`PFNModel.posterior`), as Ax's GP couples them: a point beside a pending one
+  gains little, so batches spread as the GP's do (the discretized LogEI saw pending
+  points only as believed rows of the context, and its batches were half as spread);
 * one objective with outcome constraints: ``qLogExpectedImprovement`` with the same
   constraints and, as incumbent, the best feasible posterior mean at the observations;
 * several objectives: ``qLogExpectedHypervolumeImprovement`` on the Pareto front of the
@@ -42,6 +50,7 @@ from typing import Any
 import torch
 
 from ax.generators.torch.botorch_modular.acquisition import Acquisition
+from botorch.acquisition.objective import IdentityMCObjective
 from botorch.acquisition.logei import (
     qLogExpectedImprovement,
     qLogNoisyExpectedImprovement,
@@ -51,14 +60,50 @@ from botorch.acquisition.multi_objective.logei import (
     qLogNoisyExpectedHypervolumeImprovement,
 )
 
-from botorch.acquisition.input_constructors import get_best_f_mc
+from botorch.acquisition.input_constructors import (
+    _register_acqf_input_constructor,
+    get_acqf_input_constructor,
+    get_best_f_mc,
+)
 from botorch.utils.constraints import get_outcome_constraint_transforms
 from botorch.utils.datasets import SupervisedDataset
 from torch import Tensor
 
 from botorch_community.acquisition.discretized import DiscretizedLogExpectedImprovement
 
-__all__ = ["PFNAcquisition", "pfn_acquisition_class"]
+__all__ = ["PFNAcquisition", "PFNBatchLogExpectedImprovement", "pfn_acquisition_class"]
+
+
+class PFNBatchLogExpectedImprovement(qLogExpectedImprovement):
+    r"""LogEI for a batch chosen greedily (Ax's sequential ``optimize_acqf``): the
+    exact discretized LogEI of a candidate while no point is pending, and qLogEI of
+    the candidate jointly with the pending points otherwise.
+
+    The first point of a batch needs no coupling, so it gets the exact integral over
+    the GP head's mixture; every later one is compared with the pending points' joint
+    samples (:meth:`PFNModel.posterior` is joint for `q > 1`), so a candidate next to
+    a pending point, whose value moves with the pending one's, gains little. Built by
+    qLogEI's input constructor (``best_f`` as given).
+    """
+
+    def __init__(self, model: Any, best_f: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, best_f, *args, **kwargs)
+        self._exact = None  # an MC objective other than the identity: qLogEI throughout
+        if isinstance(self.objective, IdentityMCObjective):
+            self._exact = DiscretizedLogExpectedImprovement(
+                model, best_f=self.best_f, posterior_transform=self.posterior_transform
+            )
+
+    def forward(self, X: Tensor) -> Tensor:
+        r"""`b x q x d` candidates -> `b` values."""
+        if self._exact is not None and self.X_pending is None and X.shape[-2:-1] == (1,):
+            return self._exact(X)
+        return super().forward(X)
+
+
+_register_acqf_input_constructor(
+    PFNBatchLogExpectedImprovement, get_acqf_input_constructor(qLogExpectedImprovement)
+)
 
 #: The plug-in MC acquisitions :func:`pfn_acquisition_class` picks: they take the PFN's
 #: means at the observations as known values.
@@ -66,11 +111,14 @@ _PLUG_IN_ACQUISITIONS = (qLogExpectedImprovement, qLogExpectedHypervolumeImprove
 
 
 def pfn_acquisition_class(
-    botorch_acqf_class: type | None, torch_opt_config: Any
+    botorch_acqf_class: type | None, torch_opt_config: Any, batch: bool = False
 ) -> type | None:
-    r"""The acquisition class to use in place of Ax's choice ``botorch_acqf_class``.
+    r"""The acquisition class to use in place of Ax's choice ``botorch_acqf_class``
+    (`batch`: more than one candidate is asked for, or trials are pending).
 
-    * qLogNEI, one objective, no outcome constraints: discretized LogEI (exact).
+    * qLogNEI, one objective, no outcome constraints: discretized LogEI (exact); with
+      `batch`, :class:`PFNBatchLogExpectedImprovement` (qLogEI on the joint posterior
+      of the candidate and the pending points).
     * qLogNEI with outcome constraints: qLogEI (constraints as in qLogNEI, the incumbent
       the best feasible observation).
     * qLogNEHVI: qLogEHVI on the Pareto front of the PFN's posterior means at the
@@ -86,7 +134,7 @@ def pfn_acquisition_class(
     unconstrained = getattr(torch_opt_config, "outcome_constraints", None) is None
     if botorch_acqf_class is qLogNoisyExpectedImprovement:
         if single and unconstrained:
-            return DiscretizedLogExpectedImprovement
+            return PFNBatchLogExpectedImprovement if batch else DiscretizedLogExpectedImprovement
         return qLogExpectedImprovement
     if botorch_acqf_class is qLogNoisyExpectedHypervolumeImprovement:
         return qLogExpectedHypervolumeImprovement
@@ -111,14 +159,18 @@ class PFNAcquisition(Acquisition):
         self._pfn_surrogate = surrogate
         _warm_start_models(surrogate)
         if not botorch_acqf_classes_with_options:
-            chosen = pfn_acquisition_class(botorch_acqf_class, torch_opt_config)
+            pending = getattr(torch_opt_config, "pending_observations", None) or []
+            batch = (n or 1) > 1 or any(p is not None and len(p) > 0 for p in pending)
+            chosen = pfn_acquisition_class(botorch_acqf_class, torch_opt_config, batch)
             if chosen is not botorch_acqf_class:
                 # options meant for Ax's MC acquisition do not apply to the analytic one
                 botorch_acqf_options = {}
             botorch_acqf_class = chosen
         # the plug-in MC acquisitions take the means at the observations as known values:
         # the models condition on them too, so an observed point shows no improvement
-        plug_in = botorch_acqf_class in _PLUG_IN_ACQUISITIONS
+        plug_in = isinstance(botorch_acqf_class, type) and issubclass(
+            botorch_acqf_class, _PLUG_IN_ACQUISITIONS
+        )
         for model in _pfn_models(surrogate):
             model.observations_at_means = plug_in
         super().__init__(
@@ -148,7 +200,10 @@ class PFNAcquisition(Acquisition):
     def _construct_botorch_acquisition(
         self, botorch_acqf_class: type, botorch_acqf_options: dict[str, Any], model: Any
     ) -> Any:
-        if botorch_acqf_class is qLogExpectedImprovement and "best_f" not in botorch_acqf_options:
+        if (
+            issubclass(botorch_acqf_class, qLogExpectedImprovement)
+            and "best_f" not in botorch_acqf_options
+        ):
             botorch_acqf_options = {
                 **botorch_acqf_options,
                 "best_f": self._plug_in_best_f(botorch_acqf_class, model),

@@ -1069,9 +1069,9 @@ class PFNModel(Model):
         Returns:
             A `BoundedRiemannPosterior` with `b? x q?` batch of distributions, in the
             user's units. With the GP head's predictive and `q > 1` points it is their
-            joint (a :class:`MultivariateRiemannPosterior`: the marginals coupled by the
-            mixture's own correlation, :meth:`_gp_correlation`), so MC acquisitions
-            over batches or with ``X_pending`` see the points' coupling, as with a GP.
+            joint (a :class:`GaussianMixtureRiemannPosterior` with the particles' joint
+            covariances, :meth:`_gp_particle_covariances`), so MC acquisitions over
+            batches or with ``X_pending`` see the points' coupling, as with a GP.
             With the network's full output the `q` points are independent (their joint:
             :class:`MultivariatePFNModel`).
         """
@@ -1088,14 +1088,62 @@ class PFNModel(Model):
                 borders=borders, probabilities=logits.softmax(dim=-1)
             )
         elif X.dim() >= 2 and X.shape[-2] > 1 and X.shape[:-1].numel() > 0:
-            R = self._gp_correlation(X, pending_X, negate_train_ys, noisy)
-            if R is not None:  # the q points' joint, as a GP's posterior is
-                posterior = MultivariateRiemannPosterior(
-                    borders=posterior.borders,
-                    probabilities=posterior.probabilities,
-                    correlation_matrix=R,
-                )
+            cov = self._gp_particle_covariances(X, pending_X, negate_train_ys, noisy)
+            if cov is not None:  # the q points' joint, as a GP's posterior is
+                posterior = GaussianMixtureRiemannPosterior(
+                    posterior.means, posterior.stds, posterior.log_weights,
+                    posterior.latent_borders, posterior.outcome_map, covariances=cov,
+                )  # fmt: skip
         return _apply_posterior_transform(posterior, posterior_transform)
+
+    def _gp_fit_and_inputs(
+        self, X: Tensor, pending_X: Optional[Tensor], negate_train_ys: bool
+    ) -> Optional[tuple[Any, Tensor]]:
+        r"""`(fit, X_t)`: the GP head's fit of the context and the `N x q x d`
+        transformed inputs of `X` (`b? x q x d`), or None where the predictive is not
+        the GP head's alone (``predictive="mixture"``, an ensemble, an empty context)."""
+        if self.ensemble_size != 1:
+            return None
+        ctx = self._context(pending_X, negate_train_ys)
+        if self._gp_borders(ctx) is None:
+            return None
+        if not X.is_floating_point():
+            X = X.to(self.train_X)
+        X_t = self.transform_inputs(X).reshape(-1, *X.shape[-2:])  # `N x q x d`
+        with _eval_mode(self.pfn):
+            net, state = self._network_and_state()
+            if self._caching:
+                cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
+            else:
+                cache = net.encode_context(ctx.X, ctx.Y, train_Yvar=ctx.Yvar,
+                                           gp_init=self._gp_init)  # fmt: skip
+                self.num_encodings += 1
+        return cache.gp_fit, X_t
+
+    def _gp_particle_covariances(
+        self,
+        X: Tensor,
+        pending_X: Optional[Tensor] = None,
+        negate_train_ys: bool = False,
+        observation_noise: bool = False,
+    ) -> Optional[Tensor]:
+        r"""The GP head's particles' joint covariances at the `q` points of `X`
+        (`b? x q x d`): `b? x J x q x q` on the network's target axis (None: see
+        :meth:`_gp_fit_and_inputs`).
+
+        They make the posterior of a batch joint (exact draws of the particles' joint
+        Gaussians, :class:`GaussianMixtureRiemannPosterior`), so MC acquisitions
+        (``qLogEI`` with `q > 1`, or with ``X_pending``) see that two copies of one
+        point cannot both improve, and that a point beside a pending one gains little.
+        """
+        found = self._gp_fit_and_inputs(X, pending_X, negate_train_ys)
+        if found is None:
+            return None
+        fit, X_t = found
+        _, cov = self.pfn.gp.particle_joints(fit, X_t, observation_noise)  # `N x J x q x q`
+        return cov.to(X.dtype if X.is_floating_point() else self.train_X.dtype).reshape(
+            *X.shape[:-2], *cov.shape[-3:]
+        )
 
     def _gp_correlation(
         self,
@@ -1105,35 +1153,14 @@ class PFNModel(Model):
         observation_noise: bool = False,
     ) -> Optional[Tensor]:
         r"""The `b? x q x q` correlation of the GP head's mixture at the `q` points of
-        `X` (`b? x q x d`), or None where the predictive is not the GP head's alone
-        (``predictive="mixture"``, an ensemble, an empty context).
-
-        The mixture's own joint covariance
-        (:meth:`~botorch_community.pfn.gp_head.GPHead.mixture_correlation`, one batched
-        GP posterior per particle), projected onto the valid correlation matrices. It
-        couples the points of a batch as a GP's posterior does, so MC acquisitions
-        (``qLogEI`` with `q > 1`, or with ``X_pending``) see that two copies of one
-        point cannot both improve, and a point beside a pending one gains little.
-        """
-        if self.ensemble_size != 1:
+        `X` (`b? x q x d`), projected onto the valid correlation matrices (None: see
+        :meth:`_gp_fit_and_inputs`)."""
+        found = self._gp_fit_and_inputs(X, pending_X, negate_train_ys)
+        if found is None:
             return None
-        ctx = self._context(pending_X, negate_train_ys)
-        if self._gp_borders(ctx) is None:
-            return None
-        if not X.is_floating_point():
-            X = X.to(self.train_X)
-        batch_shape, q = X.shape[:-2], X.shape[-2]
-        X_t = self.transform_inputs(X).reshape(-1, q, X.shape[-1])  # `b x q x d`
-        with _eval_mode(self.pfn):
-            net, state = self._network_and_state()
-            if self._caching:
-                cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
-            else:
-                cache = net.encode_context(ctx.X, ctx.Y, train_Yvar=ctx.Yvar,
-                                           gp_init=self._gp_init)  # fmt: skip
-                self.num_encodings += 1
-            R = net.gp.mixture_correlation(cache.gp_fit, X_t, observation_noise)
-        return _nearest_correlation(R.to(X)).reshape(*batch_shape, q, q)
+        fit, X_t = found
+        R = self.pfn.gp.mixture_correlation(fit, X_t, observation_noise)
+        return _nearest_correlation(R.to(X_t)).reshape(*X.shape[:-2], X.shape[-2], X.shape[-2])
 
     @classmethod
     def construct_inputs(cls, training_data: Any, **model_options: Any) -> dict:
@@ -1426,7 +1453,7 @@ class MultivariatePFNModel(PFNModel):
             pending_X=pending_X,
             negate_train_ys=negate_train_ys,
         )
-        if X.dim() < 2 or X.shape[-2] == 1 or isinstance(marginals, MultivariateRiemannPosterior):
+        if X.dim() < 2 or X.shape[-2] == 1 or getattr(marginals, "covariances", None) is not None:
             # q = 1, or already the GP head's joint (PFNModel.posterior)
             return _apply_posterior_transform(marginals, posterior_transform)
         if X.shape[:-1].numel() == 0:  # no candidates: an empty joint posterior

@@ -705,6 +705,29 @@ class GPHead(nn.Module):
         Returns:
             `b x q x q` correlation matrices (float64).
         """
+        mu, cov = self.particle_joints(fit, query_X, observation_noise)
+        w = fit.log_weights.exp()  # `b x J`
+        m = (w.unsqueeze(-1) * mu).sum(1)  # `b x q`
+        second = (w[..., None, None] * (cov + mu.unsqueeze(-1) * mu.unsqueeze(-2))).sum(1)
+        C = second - m.unsqueeze(-1) * m.unsqueeze(-2)
+        sd = C.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
+        return C / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
+
+    def particle_joints(
+        self, fit: GPFit, query_X: Tensor, observation_noise: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        r"""Each particle's joint Gaussian predictive at `q` points: of noisy targets,
+        or without `observation_noise` of the latent function (then with the jitter
+        ``GP_JITTER`` x outputscale on the diagonal, which keeps the covariance of
+        near-duplicate points positive definite under round-off).
+
+        Args:
+            fit: From :meth:`fit`, batch `b`.
+            query_X: `b x q x d` (`b` broadcastable with the fit's batch).
+
+        Returns:
+            `(mu, cov)`: `b x J x q` means and `b x J x q x q` covariances (float64).
+        """
         with torch.autocast(query_X.device.type, enabled=False):
             X = query_X.to(torch.float64)
             Zq, mu, v = self._conditioned(fit, X)  # `b x J x q x d`, `b x J x q`, ...
@@ -717,12 +740,7 @@ class GPHead(nn.Module):
                 cov = cov + fit.noise[..., None, None] * eye
             else:  # round-off keeps a latent covariance of near-duplicates PSD
                 cov = cov + (GP_JITTER * fit.outputscale)[..., None, None] * eye
-            w = fit.log_weights.exp()  # `b x J`
-            m = (w.unsqueeze(-1) * mu).sum(1)  # `b x q`
-            second = (w[..., None, None] * (cov + mu.unsqueeze(-1) * mu.unsqueeze(-2))).sum(1)
-            C = second - m.unsqueeze(-1) * m.unsqueeze(-2)
-            sd = C.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
-            return C / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
+            return mu, cov
 
     def log_probs(
         self, h: Tensor, fit: GPFit, query_X: Tensor, borders: Tensor

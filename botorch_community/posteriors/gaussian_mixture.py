@@ -49,6 +49,45 @@ NUM_LEGENDRE_NODES = 16
 #: The quadrature window `[u, u + W]` of an improvement integral ends where the
 #: integrand's Gaussian factor `exp(-u s - s^2 / 2)` falls below `exp(-WINDOW_LOG_DECAY)`.
 WINDOW_LOG_DECAY = 35.0
+#: The fractional part of the golden ratio: offsets the strata of independent points.
+_GOLDEN = 0.6180339887498949
+#: Stratified uniforms per (number of draws, device, dtype): a fixed permutation of the
+#: strata, so an MC acquisition's draws pick the same components at every call.
+_STRATA: dict = {}
+
+
+def _stratified_uniforms(S: int, like: Tensor) -> Tensor:
+    r"""`S` uniforms :math:`(\pi(s) + 1/2) / S` for a fixed permutation :math:`\pi`
+    (cached, so a call under CUDA-graph capture copies nothing to the device)."""
+    key = (S, like.device, like.dtype)
+    u = _STRATA.get(key)
+    if u is None:
+        perm = torch.randperm(S, generator=torch.Generator().manual_seed(0))
+        u = ((perm.to(torch.float64) + 0.5) / S).to(device=like.device, dtype=like.dtype)
+        if len(_STRATA) > 64:
+            _STRATA.clear()
+        _STRATA[key] = u
+    return u
+
+
+def _psd_cholesky(C: Tensor) -> Tensor:
+    r"""Cholesky factors of covariances `C` (`... x q x q`), with a relative jitter
+    of 1e-10, 1e-8, ... of the mean diagonal added where a factor fails."""
+    L, info = torch.linalg.cholesky_ex(C)
+    if not bool((info > 0).any()):
+        return L
+    scale = C.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)  # `...`
+    eye = torch.eye(C.shape[-1], dtype=C.dtype, device=C.device)
+    for rel in (1e-10, 1e-8, 1e-6, 1e-4):
+        bad = (info > 0).to(C.dtype) * rel * scale
+        L2, info2 = torch.linalg.cholesky_ex(C + bad[..., None, None] * eye)
+        L = torch.where((info > 0)[..., None, None], L2, L)
+        info = torch.where(info > 0, info2, info)
+        if not bool((info > 0).any()):
+            return L
+    raise ValueError("A component's covariance over the q points is not positive definite.")
+
+
 #: Bucket probabilities are floored here before renormalising (a softmax of floored
 #: log-probabilities, as the network's bucket outputs are).
 PROBABILITY_FLOOR = 1e-30
@@ -122,6 +161,18 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
     Shapes: ``means`` and ``stds`` are ``batch_shape x q x J``, ``log_weights``
     broadcasts to them; the bucket ``probabilities`` (``batch_shape x q x B``) are
     computed on first use.
+
+    Samples are exact draws of the mixture, not of its buckets: each draw picks a
+    component by its weight, then :math:`t = \mu_j + \sigma_j z` from the base sample
+    `z`, and :math:`y = h(t)`. With ``covariances`` (each component's joint Gaussian
+    over the `q` points, as the GP head's particles have) the `q` points are joint: one
+    component per draw and :math:`t = \mu_j + L_j z` with :math:`L_j L_j^T = \Sigma_j`,
+    so two copies of a point get the same value, as in a GP's joint posterior. The
+    component of draw `s` comes from a fixed stratified assignment (draw `s` takes the
+    component whose cumulative weight interval holds :math:`(\pi(s) + 1/2) / S`, for
+    a fixed permutation :math:`\pi` of the `S` draws), so fixed base samples give a
+    deterministic, differentiable function of the means and covariances, as MC
+    acquisitions need.
     """
 
     def __init__(
@@ -131,6 +182,7 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
         log_weights: Tensor,
         latent_borders: Tensor,
         outcome_map: IncreasingOutcomeMap,
+        covariances: Optional[Tensor] = None,
     ) -> None:
         r"""Gaussian-mixture Riemann posterior.
 
@@ -142,18 +194,31 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
             latent_borders: ``B + 1`` increasing bucket borders on the latent axis (the
                 bar view's resolution).
             outcome_map: The increasing map `h` from the latent axis to outcomes.
+            covariances: Optional ``batch_shape x J x q x q`` joint covariances of the
+                components over the `q` points (latent axis; their diagonals are
+                ``stds ** 2``); the log-weights must then be equal along `q`.
         """
         if means.shape != stds.shape or means.dim() < 2:
             raise ValueError(
                 "`means` and `stds` must both be `batch_shape x q x J`, got shapes "
                 f"{tuple(means.shape)} and {tuple(stds.shape)}."
             )
+        if covariances is not None:
+            q, J = means.shape[-2:]
+            if covariances.shape != means.shape[:-2] + (J, q, q):
+                raise ValueError(
+                    "`covariances` must be `batch_shape x J x q x q` = "
+                    f"{tuple(means.shape[:-2] + (J, q, q))}, got {tuple(covariances.shape)}."
+                )
+            covariances = covariances.to(means)
         self.means, self.stds = means, stds
         self.log_weights = log_weights.to(means).expand_as(means)
         self.latent_borders = latent_borders.to(means)
         self.outcome_map = outcome_map
+        self.covariances = covariances
         self._borders: Optional[Tensor] = None
         self._probabilities: Optional[Tensor] = None
+        self._chol: Optional[Tensor] = None
 
     # ------------------------------------------------------------ the bar view
     @property
@@ -199,6 +264,56 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
     @property
     def dtype(self) -> torch.dtype:
         return self.means.dtype
+
+    # ----------------------------------------------------------------- sampling
+    def rsample_from_base_samples(self, sample_shape: torch.Size, base_samples: Tensor) -> Tensor:
+        r"""Exact draws of the mixture (see the class docstring) from ``N(0, 1)`` base
+        samples of shape ``sample_shape x batch_shape x q x 1``.
+
+        Returns:
+            ``sample_shape x batch_shape x q x 1`` samples, differentiable in the
+            means, standard deviations / covariances and the outcome map.
+        """
+        sample_shape = torch.Size(sample_shape)
+        z = self._normals_to_points(sample_shape, base_samples).to(self.means)
+        S = max(sample_shape.numel(), 1)
+        batch, (q, J) = self.means.shape[:-2], self.means.shape[-2:]
+        z = z.reshape(S, *batch, q)
+        u = _stratified_uniforms(S, self.means)  # `S`
+        if self.covariances is not None:  # one component per draw, joint over the q points
+            if self._chol is None:
+                self._chol = _psd_cholesky(self.covariances)  # `batch x J x q x q`
+            t_all = self.means.transpose(-1, -2) + (self._chol @ z.unsqueeze(-2).unsqueeze(-1)).squeeze(-1)
+            cw = self.log_weights[..., 0, :].exp().cumsum(-1)  # `batch x J`
+            cw = cw.expand(S, *batch, J).contiguous()
+            uu = u.view(S, *([1] * len(batch)), 1).expand(S, *batch, 1).contiguous()
+            j = torch.searchsorted(cw, uu).clamp_max(J - 1)  # `S x batch x 1`
+            t = t_all.gather(-2, j.unsqueeze(-1).expand(S, *batch, 1, q)).squeeze(-2)
+        else:  # independent points: each its own component, strata offset per point
+            t_all = self.means + self.stds * z.unsqueeze(-1)  # `S x batch x q x J`
+            shift = torch.arange(q, dtype=u.dtype, device=u.device) * _GOLDEN
+            uq = torch.remainder(u.unsqueeze(-1) + shift, 1.0)  # `S x q`
+            uq = uq.view(S, *([1] * len(batch)), q, 1).expand(S, *batch, q, 1).contiguous()
+            cw = self.log_weights.exp().cumsum(-1).expand(S, *batch, q, J).contiguous()
+            j = torch.searchsorted(cw, uq).clamp_max(J - 1)  # `S x batch x q x 1`
+            t = t_all.gather(-1, j).squeeze(-1)
+        y = self.outcome_map(t)
+        return y.reshape(*sample_shape, *batch, q, 1)
+
+    @property
+    def correlation_matrix(self) -> Tensor:
+        r"""``batch_shape x q x q`` correlation of the latent mixture over the `q`
+        points (needs ``covariances``): :math:`\sum_j w_j (\Sigma_j + \mu_j \mu_j^T)
+        - m m^T`, normalised."""
+        if self.covariances is None:
+            raise AttributeError("This posterior's points are independent (no covariances).")
+        w = self.log_weights[..., 0, :].exp()  # `batch x J`
+        mu = self.means.transpose(-1, -2)  # `batch x J x q`
+        m = (w.unsqueeze(-1) * mu).sum(-2)
+        second = (w[..., None, None] * (self.covariances + mu.unsqueeze(-1) * mu.unsqueeze(-2))).sum(-3)
+        C = second - m.unsqueeze(-1) * m.unsqueeze(-2)
+        sd = C.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
+        return C / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
 
     # ----------------------------------------------------------------- moments
     def _moment_rule(self) -> tuple[Tensor, Tensor]:
@@ -254,6 +369,7 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
             self.log_weights,
             (-self.latent_borders).flip(0) if mirror else self.latent_borders,
             self.outcome_map.then_affine(scale, shift),
+            covariances=self.covariances,  # (the covariance of -t is that of t)
         )
         if self._probabilities is not None:
             out._probabilities = self._probabilities.flip(-1) if mirror else self._probabilities

@@ -198,3 +198,51 @@ def test_shape_errors_and_validation():
     post = GaussianMixtureRiemannPosterior(mu, mu + 1, mu - math.log(2), latent, omap)
     assert post.batch_shape == (3,) and post.base_sample_shape == (3, 1, 1)
     assert post.rsample(torch.Size([4])).shape == (4, 3, 1, 1)
+
+
+@pytest.mark.parametrize("warped", [False, True])
+def test_draws_are_exact_mixture_draws(warped):
+    # independent points: each draw's marginal is the mixture's (not its buckets'),
+    # the components are picked by weight, the same base samples give the same draws
+    post = _posterior(warped, n=5)
+    base = torch.randn(20000, *post.base_sample_shape, generator=torch.Generator().manual_seed(0), dtype=DT)
+    y = post.rsample_from_base_samples(torch.Size([20000]), base)  # `S x 5 x 1 x 1`
+    assert y.shape == (20000, 5, 1, 1)
+    torch.testing.assert_close(y, post.rsample_from_base_samples(torch.Size([20000]), base))
+    sd = post.variance.sqrt().squeeze(-1)
+    torch.testing.assert_close(y.mean(0).squeeze(-1), post.mean.squeeze(-1), rtol=0.0, atol=float(0.05 * sd.max()))
+    torch.testing.assert_close(y.std(0).squeeze(-1), sd, rtol=0.05, atol=0.0)
+    # the cdf at the median of the draws is 1/2 (bucket view's cdf, fine buckets)
+    med = y.median(0).values.squeeze(-1)  # `5 x 1`
+    u = (y.squeeze(-1) <= med).to(DT).mean(0)
+    torch.testing.assert_close(u, torch.full_like(u, 0.5), rtol=0.0, atol=0.01)
+
+
+def test_joint_draws_follow_the_components_covariances():
+    g = torch.Generator().manual_seed(3)
+    J, q = 2, 3
+    A = torch.randn(J, q, q, generator=g, dtype=DT)
+    cov = A @ A.transpose(-1, -2) + 0.1 * torch.eye(q, dtype=DT)
+    cov[:, 1, :] = cov[:, 0, :]  # point 1 copies point 0
+    cov[:, :, 1] = cov[:, :, 0]
+    mu = torch.randn(q, J, generator=g, dtype=DT)
+    mu[1] = mu[0]
+    sd = cov.diagonal(dim1=-2, dim2=-1).transpose(0, 1).sqrt()  # `q x J`
+    log_w = torch.tensor([0.3, 0.7], dtype=DT).log().view(1, J)
+    latent = torch.linspace(-30, 30, 2001, dtype=DT)
+    post = GaussianMixtureRiemannPosterior(mu, sd, log_w, latent, _outcome_map(False), covariances=cov)
+    y = post.rsample(torch.Size([40000])).squeeze(-1)  # `S x q`
+    torch.testing.assert_close(y[:, 0], y[:, 1], rtol=0.0, atol=1e-3)  # the copy is joint (up to jitter)
+    t = (y - (-3.0)) / 2.5  # latent draws
+    w = log_w.exp().view(J, 1, 1)
+    m = (w.squeeze(-1) * mu.T).sum(0)
+    C = (w * (cov + mu.T.unsqueeze(-1) * mu.T.unsqueeze(-2))).sum(0) - m.unsqueeze(-1) * m.unsqueeze(-2)
+    torch.testing.assert_close(t.T.cov(), C, rtol=0.05, atol=0.05)
+    R = post.correlation_matrix
+    torch.testing.assert_close(R, C / (C.diagonal().sqrt().unsqueeze(-1) * C.diagonal().sqrt()))
+    # an affine map keeps the coupling (mirrored: the same covariances)
+    neg = post.affine(-1.0)
+    torch.testing.assert_close(neg.rsample_from_base_samples(torch.Size([8]), torch.zeros(8, q, 1, dtype=DT)),
+                               -post.rsample_from_base_samples(torch.Size([8]), torch.zeros(8, q, 1, dtype=DT)))
+    with pytest.raises(ValueError, match="batch_shape x J x q x q"):
+        GaussianMixtureRiemannPosterior(mu, sd, log_w, latent, _outcome_map(False), covariances=cov[0])
