@@ -45,6 +45,7 @@ This module imports Ax; only :mod:`botorch_community.ax` imports it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -83,10 +84,20 @@ class PFNBatchLogExpectedImprovement(qLogExpectedImprovement):
     the GP head's mixture; every later one is compared with the pending points' joint
     samples (:meth:`PFNModel.posterior` is joint for `q > 1`), so a candidate next to
     a pending point, whose value moves with the pending one's, gains little. Built by
-    qLogEI's input constructor (``best_f`` as given).
+    qLogEI's input constructor (``best_f``: the best observed value, as for Ax's GP; no
+    plug-in means: the observed points keep their latent spread, as the discretized
+    LogEI of a single candidate sees them).
+
+    The smooth maximum over the batch runs at a temperature of 1e-6 of the training
+    targets' standard deviation (qLogEI's default is 0.01 in the objective's units): a
+    smooth maximum credits a copy of a pending point with about `tau_max log 2` of
+    improvement, and late in a run, where the improvement the model still expects is
+    smaller than that, greedy batches stacked near-copies (Branin in Ax, one seed: three
+    points of a batch within 1e-4 of each other).
     """
 
     def __init__(self, model: Any, best_f: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["tau_max"] = TAU_MAX_RELATIVE * _target_scale(model)
         super().__init__(model, best_f, *args, **kwargs)
         self._exact = None  # an MC objective other than the identity: qLogEI throughout
         if isinstance(self.objective, IdentityMCObjective):
@@ -99,6 +110,22 @@ class PFNBatchLogExpectedImprovement(qLogExpectedImprovement):
         if self._exact is not None and self.X_pending is None and X.shape[-2:-1] == (1,):
             return self._exact(X)
         return super().forward(X)
+
+
+#: :class:`PFNBatchLogExpectedImprovement`'s smooth-max temperature, relative to the
+#: training targets' standard deviation.
+TAU_MAX_RELATIVE = 1e-6
+
+
+def _target_scale(model: Any) -> float:
+    r"""The standard deviation of a model's training targets (1 where it has none, or
+    they are constant)."""
+    models = getattr(model, "models", None) or [model]
+    Y = getattr(models[0], "train_Y", None)
+    if Y is None or Y.numel() < 2:
+        return 1.0
+    sd = float(Y.std())
+    return sd if math.isfinite(sd) and sd > 0 else 1.0
 
 
 _register_acqf_input_constructor(
@@ -168,9 +195,7 @@ class PFNAcquisition(Acquisition):
             botorch_acqf_class = chosen
         # the plug-in MC acquisitions take the means at the observations as known values:
         # the models condition on them too, so an observed point shows no improvement
-        plug_in = isinstance(botorch_acqf_class, type) and issubclass(
-            botorch_acqf_class, _PLUG_IN_ACQUISITIONS
-        )
+        plug_in = botorch_acqf_class in _PLUG_IN_ACQUISITIONS
         for model in _pfn_models(surrogate):
             model.observations_at_means = plug_in
         super().__init__(
@@ -201,7 +226,7 @@ class PFNAcquisition(Acquisition):
         self, botorch_acqf_class: type, botorch_acqf_options: dict[str, Any], model: Any
     ) -> Any:
         if (
-            issubclass(botorch_acqf_class, qLogExpectedImprovement)
+            botorch_acqf_class is qLogExpectedImprovement
             and "best_f" not in botorch_acqf_options
         ):
             botorch_acqf_options = {

@@ -216,16 +216,22 @@ def test_one_encoding_per_generation_call(client, net, monkeypatch):
     assert count.encode == 1 and model.num_encodings == 1
 
 
-def test_pending_trial_reaches_discretized_acquisition(client, net, monkeypatch):
+def test_pending_trial_reaches_the_joint_acquisition(client, net, monkeypatch):
+    from botorch_community._ax_acquisition import PFNBatchLogExpectedImprovement
+
     count = Counter(monkeypatch, net)
     client.get_next_trials(max_trials=1)  # left running: pending at the next call
+    acqf = client._generation_strategy.adapter.generator._acquisition.acqf
+    assert type(acqf).__name__ == "DiscretizedLogExpectedImprovement"  # nothing pending
     count.encode = 0
     client.get_next_trials(max_trials=1)
     acqf = client._generation_strategy.adapter.generator._acquisition.acqf
+    # with a pending trial: qLogEI of the candidate jointly with the pending point
+    assert isinstance(acqf, PFNBatchLogExpectedImprovement)
     assert acqf.X_pending is not None and acqf.X_pending.shape[0] == 1
-    # The observed context twice (the pending point's believed target, Ax's
-    # predictions) and once with the pending row (the acquisition).
-    assert count.encode == 3
+    # at most one encode of the observed context (none when the model kept last
+    # generation's): the pending point is in the joint samples, not in the context
+    assert count.encode <= 1
     for idx, trial in client._experiment.trials.items():
         if not trial.status.is_terminal:
             client.complete_trial(idx, raw_data={"f": bowl(trial.arm.parameters)})
@@ -603,8 +609,9 @@ def test_network_typo_reported_when_the_strategy_is_built():
 @pytest.mark.skipif(not _has_default_weights(), reason="default weights not shipped")
 def test_batch_of_four_is_spread_shipped_network(no_gp_fit):
     r"""q = 4 with the default acquisition: Ax optimises the batch sequentially with
-    the earlier points pending; the PFN conditions on them (believed targets), so the
-    batch is four distinct points, not copies of one."""
+    the earlier points pending; the PFN's joint posterior couples a candidate with them
+    (:class:`PFNBatchLogExpectedImprovement`), so the batch is four distinct points, not
+    copies of one."""
     client = make_client(_default_gs(network="default", num_sobol=6))
     run(client, 7, {"f": bowl})  # (Ax gives one trial at the step from Sobol to BoTorch)
     batch = client.get_next_trials(max_trials=4)
