@@ -53,6 +53,7 @@ import torch
 from ax.generators.torch.botorch_modular.acquisition import Acquisition
 from botorch.acquisition.objective import IdentityMCObjective
 from botorch.acquisition.logei import (
+    TAU_MAX,
     qLogExpectedImprovement,
     qLogNoisyExpectedImprovement,
 )
@@ -89,7 +90,8 @@ class PFNBatchLogExpectedImprovement(qLogExpectedImprovement):
     LogEI of a single candidate sees them).
 
     The smooth maximum over the batch runs at a temperature of 1e-6 of the training
-    targets' standard deviation (qLogEI's default is 0.01 in the objective's units): a
+    targets' standard deviation unless ``tau_max`` is set (qLogEI's default is 0.01 in
+    the objective's units): a
     smooth maximum credits a copy of a pending point with about `tau_max log 2` of
     improvement, and late in a run, where the improvement the model still expects is
     smaller than that, greedy batches stacked near-copies (Branin in Ax, one seed: three
@@ -97,7 +99,8 @@ class PFNBatchLogExpectedImprovement(qLogExpectedImprovement):
     """
 
     def __init__(self, model: Any, best_f: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["tau_max"] = TAU_MAX_RELATIVE * _target_scale(model)
+        if kwargs.get("tau_max", TAU_MAX) == TAU_MAX:  # (a value a user set is kept)
+            kwargs["tau_max"] = TAU_MAX_RELATIVE * _target_scale(model)
         super().__init__(model, best_f, *args, **kwargs)
         self._exact = None  # an MC objective other than the identity: qLogEI throughout
         if isinstance(self.objective, IdentityMCObjective):

@@ -676,3 +676,28 @@ def test_generations_warm_start_the_gp_particles(no_gp_fit):
     (second,) = pfn_models(client)
     assert second is not first and torch.equal(second._gp_init, kept[0])
     assert not torch.equal(surrogate._pfn_fitted_particles[0], kept[0])  # refit, kept anew
+
+
+@pytest.mark.skipif(not _has_default_weights(), reason="default weights not shipped")
+def test_batch_logei_is_exact_without_pending_and_joint_with_pending():
+    from botorch.acquisition.logei import qLogExpectedImprovement
+    from botorch.sampling import SobolQMCNormalSampler
+    from botorch_community._ax_acquisition import PFNBatchLogExpectedImprovement
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(15, 2, generator=g, dtype=torch.float64)
+    Y = -((X - 0.4) ** 2).sum(-1, keepdim=True) * 10
+    model = PFNModel(X, Y)
+    Xc = torch.rand(5, 1, 2, generator=g, dtype=torch.float64)
+    acqf = PFNBatchLogExpectedImprovement(model, best_f=Y.max())
+    assert acqf.tau_max == pytest.approx(1e-6 * float(Y.std()))
+    exact = DiscretizedLogExpectedImprovement(model, best_f=Y.max())
+    torch.testing.assert_close(acqf(Xc), exact(Xc))  # nothing pending: the exact LogEI
+    pending = X[Y.argmax()].unsqueeze(0) + 0.01
+    sampler = SobolQMCNormalSampler(torch.Size([256]), seed=0)
+    acqf = PFNBatchLogExpectedImprovement(model, best_f=Y.max(), sampler=sampler, X_pending=pending)
+    ref = qLogExpectedImprovement(model, best_f=Y.max(), X_pending=pending, tau_max=acqf.tau_max,
+                                  sampler=SobolQMCNormalSampler(torch.Size([256]), seed=0))
+    torch.testing.assert_close(acqf(Xc), ref(Xc))  # pending: qLogEI on the joint posterior
+    # a temperature the user sets is kept
+    assert PFNBatchLogExpectedImprovement(model, best_f=Y.max(), tau_max=0.05).tau_max == 0.05
