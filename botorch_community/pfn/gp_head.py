@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import nn, Tensor
@@ -192,36 +192,71 @@ def _matern52(r2: Tensor) -> Tensor:
     return (1.0 + r + r.square() / 3.0) * torch.exp(-r)
 
 
+def _by_kernel(
+    r2: Tensor,
+    matern: Tensor,
+    matern_count: Optional[int],
+    f_matern: Callable[[Tensor], tuple[Tensor, ...]],
+    f_rbf: Callable[[Tensor], tuple[Tensor, ...]],
+) -> tuple[Tensor, ...]:
+    r"""`f_matern` on the Matérn particles' slices of `r2` (`... x J x p x q`) and
+    `f_rbf` on the RBF ones, each output reassembled in the particles' order.
+
+    `matern` is `1 x J x 1 x 1` (one kernel per particle): each function runs only on its
+    own particles (half the work of computing both and selecting). With `matern_count`
+    (the particles ordered Matérn first, see :class:`GPFit`) the split is made without
+    reading `matern` on the host; otherwise the order is read: the heads' alternation
+    (Matérn for even `j`), Matérn first, or any other order (select, then restore).
+    """
+    J = r2.shape[-3]
+    if matern_count is None:  # read the kernels' order on the host
+        kinds = matern.reshape(-1).tolist()
+        matern_count = sum(kinds)
+        if 0 < matern_count < J and not all(kinds[:matern_count]):
+            if J % 2 == 0 and kinds == [j % 2 == 0 for j in range(J)]:  # alternation
+                pairs = r2.unflatten(-3, (J // 2, 2))  # `... x J/2 x 2 x p x q`
+                outs = zip(f_matern(pairs[..., 0, :, :]), f_rbf(pairs[..., 1, :, :]))
+                return tuple(torch.stack([a, b], -3).flatten(-4, -3) for a, b in outs)
+            is_m = matern.reshape(-1)
+            im, ir = is_m.nonzero().squeeze(-1), (~is_m).nonzero().squeeze(-1)
+            order = torch.cat([im, ir]).argsort()  # back to the particles' order
+            outs = zip(f_matern(r2.index_select(-3, im)), f_rbf(r2.index_select(-3, ir)))
+            return tuple(torch.cat([a, b], -3).index_select(-3, order) for a, b in outs)
+    if matern_count == J:
+        return f_matern(r2)
+    if matern_count == 0:
+        return f_rbf(r2)
+    r2m, r2r = r2.split([matern_count, J - matern_count], dim=-3)
+    return tuple(torch.cat([a, b], dim=-3) for a, b in zip(f_matern(r2m), f_rbf(r2r)))
+
+
 def unit_kernel(r2: Tensor, matern: Tensor, matern_count: Optional[int] = None) -> Tensor:
     r"""Unit-variance Matérn-5/2 (where `matern`) or RBF kernel of scaled squared
     distances `r2` (`... x J x p x q`), with finite gradients at `r2 = 0`.
 
-    `matern` is `1 x J x 1 x 1` (one kernel per particle): each particle's kernel is
-    computed only for its own particles (half the work of computing both and selecting).
-    With `matern_count` (the particles ordered Matérn first, see :class:`GPFit`) the
-    choice is made without reading `matern` on the host.
+    `matern` is `1 x J x 1 x 1` (one kernel per particle; see :func:`_by_kernel`, which
+    `matern_count` goes to).
     """
-    is_m = matern.reshape(-1)
-    if is_m.numel() != r2.shape[-3] or r2.dim() < 3:
+    if matern.numel() != r2.shape[-3] or r2.dim() < 3:
         return torch.where(matern, _matern52(r2), torch.exp(-0.5 * r2))
-    if matern_count is None:  # read the kernels' order on the host
-        matern_count = int(is_m.sum())
-        if not bool(is_m[:matern_count].all()):  # mixed order: select, then restore it
-            im, ir = is_m.nonzero().squeeze(-1), (~is_m).nonzero().squeeze(-1)
-            parts = torch.cat([_matern52(r2.index_select(-3, im)), torch.exp(-0.5 * r2.index_select(-3, ir))], dim=-3)
-            order = torch.cat([im, ir]).argsort()  # back to the particles' order
-            return parts.index_select(-3, order)
-    # Matérn particles first (inference fits): two slices
-    if matern_count == r2.shape[-3]:
-        return _matern52(r2)
-    if matern_count == 0:
-        return torch.exp(-0.5 * r2)
-    r2m, r2r = r2.split([matern_count, r2.shape[-3] - matern_count], dim=-3)
-    return torch.cat([_matern52(r2m), torch.exp(-0.5 * r2r)], dim=-3)
+    return _by_kernel(r2, matern, matern_count,
+                      lambda q: (_matern52(q),), lambda q: (torch.exp(-0.5 * q),))[0]  # fmt: skip
+
+
+def _matern52_and_slope(r2: Tensor) -> tuple[Tensor, Tensor]:
+    r = r2.sqrt() * math.sqrt(5.0)
+    e = torch.exp(-r)
+    return (1.0 + r + r.square() / 3.0) * e, (-5.0 / 6.0) * (1.0 + r) * e
+
+
+def _rbf_and_slope(r2: Tensor) -> tuple[Tensor, Tensor]:
+    k = torch.exp(-0.5 * r2)
+    return k, -0.5 * k
 
 
 def unit_kernel_slope(r2: Tensor, matern: Tensor) -> tuple[Tensor, Tensor]:
-    r""":func:`unit_kernel` and its derivative in `r2`, from one exponential each.
+    r""":func:`unit_kernel` and its derivative in `r2`, from one exponential each
+    (the refinement's closed-form gradient; no autograd, so no floor at `r2 = 0`).
 
     With :math:`r = \sqrt{5 r_2}`, Matérn-5/2 is :math:`k = (1 + r + r^2/3) e^{-r}` and
     :math:`\partial k / \partial r_2 = -\tfrac{5}{6} (1 + r) e^{-r}` (finite at
@@ -234,35 +269,8 @@ def unit_kernel_slope(r2: Tensor, matern: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         `(k, dk_dr2)`, each shaped like `r2`.
     """
-
-    def matern52(q: Tensor) -> tuple[Tensor, Tensor]:
-        r = q.sqrt() * math.sqrt(5.0)
-        e = torch.exp(-r)
-        return (1.0 + r + r.square() / 3.0) * e, (-5.0 / 6.0) * (1.0 + r) * e
-
-    def rbf(q: Tensor) -> tuple[Tensor, Tensor]:
-        k = torch.exp(-0.5 * q)
-        return k, -0.5 * k
-
-    kinds = matern.reshape(-1).tolist()
-    J = len(kinds)
-    if all(kinds):
-        return matern52(r2)
-    if not any(kinds):
-        return rbf(r2)
-    if J % 2 == 0 and kinds == [j % 2 == 0 for j in range(J)]:  # the heads' alternation
-        pairs = r2.unflatten(-3, (J // 2, 2))  # `... x J/2 x 2 x p x q`
-        km, sm = matern52(pairs[..., 0, :, :])
-        kr, sr = rbf(pairs[..., 1, :, :])
-        return (torch.stack([km, kr], -3).flatten(-4, -3),
-                torch.stack([sm, sr], -3).flatten(-4, -3))  # fmt: skip
-    is_m = matern.reshape(-1)
-    im, ir = is_m.nonzero().squeeze(-1), (~is_m).nonzero().squeeze(-1)
-    km, sm = matern52(r2.index_select(-3, im))
-    kr, sr = rbf(r2.index_select(-3, ir))
-    order = torch.cat([im, ir]).argsort()  # back to the particles' order
-    return (torch.cat([km, kr], -3).index_select(-3, order),
-            torch.cat([sm, sr], -3).index_select(-3, order))  # fmt: skip
+    k, slope = _by_kernel(r2, matern, None, _matern52_and_slope, _rbf_and_slope)
+    return k, slope
 
 
 def _sqdist(A: Tensor, B: Tensor) -> Tensor:
