@@ -266,24 +266,10 @@ class GaussianMixtureRiemannPosterior(BoundedRiemannPosterior):
         return self.means.dtype
 
     # ----------------------------------------------------------------- sampling
-    def _normals_to_points(self, sample_shape: torch.Size, base_samples: Tensor) -> Tensor:
-        r"""Validate base samples and return them as ``sample_shape x batch x q`` (from
-        the means' shape: the bucket probabilities are not needed to sample)."""
-        sample_shape = torch.Size(sample_shape)
-        point_shape = self.means.shape[:-1]
-        if base_samples.shape[: len(sample_shape)] != sample_shape:
-            raise ValueError(
-                "`sample_shape` disagrees with shape of `base_samples`. "
-                f"Got {sample_shape=} and {base_samples.shape=}."
-            )
-        if base_samples.shape == sample_shape + point_shape + (1,):
-            return base_samples.squeeze(-1)
-        if base_samples.shape == sample_shape + point_shape:
-            return base_samples
-        raise ValueError(
-            f"`base_samples` must have shape `sample_shape x batch_shape x q x 1` = "
-            f"{tuple(sample_shape + point_shape + (1,))}, got {tuple(base_samples.shape)}."
-        )
+    @property
+    def _point_shape(self) -> torch.Size:
+        r"""``batch x q``, from the means: sampling needs no bucket probabilities."""
+        return self.means.shape[:-1]
 
     def rsample_from_base_samples(self, sample_shape: torch.Size, base_samples: Tensor) -> Tensor:
         r"""Exact draws of the mixture (see the class docstring) from ``N(0, 1)`` base

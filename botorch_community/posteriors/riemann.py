@@ -441,6 +441,11 @@ class BoundedRiemannPosterior(Posterior):
 
     # ---------------------------------------------------------------- sampling
 
+    @property
+    def _point_shape(self) -> torch.Size:
+        r"""``batch x q``: the shape of the distributions (one per point)."""
+        return self.probabilities.shape[:-1]
+
     def _normals_to_points(
         self, sample_shape: torch.Size, base_samples: Tensor
     ) -> Tensor:
@@ -451,7 +456,7 @@ class BoundedRiemannPosterior(Posterior):
                 "`sample_shape` disagrees with shape of `base_samples`. "
                 f"Got {sample_shape=} and {base_samples.shape=}."
             )
-        point_shape = self.probabilities.shape[:-1]
+        point_shape = self._point_shape
         if base_samples.shape == sample_shape + point_shape + (1,):
             return base_samples.squeeze(-1)
         if base_samples.shape == sample_shape + point_shape:  # upstream's layout
