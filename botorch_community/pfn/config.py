@@ -66,16 +66,6 @@ class PFNConfig:
         gp_refine_warm_steps: Adam steps of the refinement when it starts from the
             particles of an earlier fit (``PFNModel(..., warm_start=previous_model)``)
             instead of the network's proposals.
-        gp_refine_warm_min_context: Start the refinement from an earlier fit's particles
-            only for contexts of at least this many observed targets; smaller ones take
-            ``gp_refine_steps`` from the network's proposals (0: whenever a warm start
-            is given). Lets small contexts be refined (``gp_refine_min_context`` below
-            it) without chaining their early, few-point fits into later iterations. An
-            inference setting.
-        gp_refine_prior_std: With a positive value the refinement maximises the
-            marginal likelihood plus a Gaussian log prior on the raw particles (log
-            lengthscales, outputscale and noise) centred at the network's proposals,
-            of this standard deviation (0: maximum likelihood). An inference setting.
         gp_constant_mean: Each GP particle gets the constant prior mean that maximises
             its marginal likelihood (generalised least squares) instead of zero (the
             context's mean). An inference setting.
@@ -109,8 +99,6 @@ class PFNConfig:
     gp_refine_min_context: int = 20
     gp_refine_max_rows: int = 200
     gp_refine_warm_steps: int = 6
-    gp_refine_warm_min_context: int = 0
-    gp_refine_prior_std: float = 0.0
     gp_constant_mean: bool = False
     gp_refine_min_per_dim: float = 0.0
     tokens: str = "rows"
@@ -127,12 +115,13 @@ class PFNConfig:
             elif f.type in ("bool",):
                 if not isinstance(value, bool):
                     raise ValueError(f"PFNConfig.{f.name} must be true or false, got {value!r}.")
-            elif f.name in ("gp_refine_min_per_dim", "gp_refine_prior_std"):
+            elif f.name == "gp_refine_min_per_dim":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     0.0 <= value <= 1000.0
                 ):
                     raise ValueError(
-                        f"PFNConfig.{f.name} must be a number in [0, 1000], got {value!r}."
+                        f"PFNConfig.gp_refine_min_per_dim must be a number in [0, 1000], "
+                        f"got {value!r}."
                     )
             elif f.name == "dropout":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
@@ -146,8 +135,7 @@ class PFNConfig:
                         f"got {value!r}."
                     )
             else:  # integer sizes and settings
-                low = 0 if f.name in ("gp_refine_steps", "gp_refine_warm_steps",
-                                      "gp_refine_warm_min_context") else 1
+                low = 0 if f.name in ("gp_refine_steps", "gp_refine_warm_steps") else 1
                 high = _MAX.get(f.name, 10**6)
                 if not _is_int(value) or not low <= value <= high:
                     raise ValueError(
@@ -181,9 +169,6 @@ class PFNConfig:
             out.pop("gp_constant_mean", None)
         if not self.gp_refine_min_per_dim:
             out.pop("gp_refine_min_per_dim", None)
-        for name in ("gp_refine_warm_min_context", "gp_refine_prior_std"):
-            if not out.get(name):
-                out.pop(name, None)
         if self.tokens == "rows":  # configs of row networks stay as they were
             out.pop("tokens")
         return out
@@ -241,14 +226,12 @@ _OPTION_FIELDS = {
     "metric_attention": (),
     "noise_hint": (),
     "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
-                "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim",
-                "gp_refine_warm_min_context", "gp_refine_prior_std"),
+                "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
                      "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean",
-                     "gp_refine_min_per_dim", "gp_refine_warm_min_context",
-                     "gp_refine_prior_std")  # fmt: skip
+                     "gp_refine_min_per_dim")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

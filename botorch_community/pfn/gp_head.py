@@ -346,7 +346,6 @@ class GPHead(nn.Module):
         known_noise: Optional[Tensor] = None,
         constant_mean: bool = False,
         init_particles: Optional[Tensor] = None,
-        refine_prior_std: float = 0.0,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -378,11 +377,6 @@ class GPHead(nn.Module):
                 the refinement from instead of the network's proposals, e.g. those of
                 the previous BO iteration's fit (warm start; contexts that are not
                 refined keep the proposals).
-            refine_prior_std: With a positive value the refinement ascends the log
-                marginal likelihood plus a Gaussian log prior on the raw particles
-                centred at the network's proposals with this standard deviation (MAP
-                with the network's amortised estimate as the prior: it binds small
-                contexts and fades as the likelihood grows); 0: maximum likelihood.
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -409,8 +403,7 @@ class GPHead(nn.Module):
                         )
                     start = init_particles.to(theta).detach()
                 theta = self._refine(start, X, y, observed, refine_steps, refine_min_context,
-                                     refine_max_rows, known, constant_mean, fallback=theta,
-                                     prior_std=refine_prior_std)  # fmt: skip
+                                     refine_max_rows, known, constant_mean, fallback=theta)  # fmt: skip
             (Z, inv_ls, os, noise, L, alpha, mean), lml = self._condition(
                 theta, X, y, observed, known, constant_mean
             )
@@ -592,7 +585,6 @@ class GPHead(nn.Module):
         known_noise: Optional[Tensor] = None,
         constant_mean: bool = False,
         fallback: Optional[Tensor] = None,
-        prior_std: float = 0.0,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -613,8 +605,7 @@ class GPHead(nn.Module):
             X, y, observed: The context, `b x n x d`, `b x n`, `b x n` (float64).
 
             fallback: The particles of the contexts that are not refined (default:
-                `theta`), and the centre of the prior of `prior_std`.
-            prior_std: See :meth:`fit` (``refine_prior_std``).
+                `theta`).
 
         Returns:
             `b x J x (d + 2)`: the refined particles (detached from the network) where
@@ -638,13 +629,10 @@ class GPHead(nn.Module):
                     Xr, yr, obs, kn = refinement_rows(Xr, yr, obs, max_rows, kn)
             per_obs = obs.sum(-1, keepdim=True)  # `b' x 1`
             p = theta[todo].detach().clone().requires_grad_(True)
-            centre = fallback[todo].detach() if prior_std > 0 else None
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
             for _ in range(steps):
                 with torch.no_grad():  # closed-form gradient (see _condition)
                     grad = self._condition(p, Xr, yr, obs, kn, constant_mean, with_grad=True)[2]
-                    if centre is not None:  # + d log N(p; centre, prior_std^2) / dp
-                        grad = grad - (p - centre) / prior_std**2
                 p.grad = -grad / per_obs.unsqueeze(-1)  # ascent on lml per observation
                 opt.step()
             refined = p.detach()

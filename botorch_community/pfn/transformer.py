@@ -381,16 +381,11 @@ class PFNTransformer(nn.Module):
         known noise variances `b x n x 1` or None); None without the head or for an
         empty context. `gp_init` (`b x J x (d + 2)`, or `1 x ...` for every context): a
         warm start of the refinement (``gp_refine_warm_steps`` steps instead of
-        ``gp_refine_steps``), used only where every context has at least
-        ``gp_refine_warm_min_context`` observed targets."""
+        ``gp_refine_steps``)."""
         if not self.gp_head or context_X.shape[-2] == 0:
             return None
         c = self.config
         steps = c.gp_refine_steps
-        if gp_init is not None and c.gp_refine_warm_min_context > 0:
-            n_obs = (~torch.isnan(context_Y)).sum(-2).min()  # fewest observed targets
-            if int(n_obs) < c.gp_refine_warm_min_context:
-                gp_init = None  # a cold refinement from the network's proposals
         if gp_init is not None and steps > 0:
             steps = c.gp_refine_warm_steps
             if gp_init.shape[0] == 1 and token.shape[0] > 1:
@@ -402,8 +397,7 @@ class PFNTransformer(nn.Module):
                            min_context, c.gp_refine_max_rows,
                            known_noise=context_Yvar,
                            constant_mean=c.gp_constant_mean,
-                           init_particles=gp_init,
-                           refine_prior_std=c.gp_refine_prior_std)  # fmt: skip
+                           init_particles=gp_init)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:

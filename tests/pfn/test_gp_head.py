@@ -328,45 +328,6 @@ def test_refinement_skips_small_contexts_and_ignores_the_batch():
             torch.testing.assert_close(a[0], b[i], atol=1e-10, rtol=1e-9)
 
 
-def test_refinement_prior_binds_the_particles_to_the_proposals():
-    # MAP refinement with a Gaussian prior centred at the network's proposals: a tight
-    # prior keeps them, a loose one is maximum likelihood, and in between the particles
-    # land between the two at a lower likelihood than the maximum-likelihood fit's
-    X, Y, _ = _data(n=12, b=2)
-    token = torch.randn(2, 8, dtype=torch.float64)
-    head = _refining_head()
-    kw = dict(refine_steps=40, refine_min_context=8)
-    proposed, ml = head.fit(token, X, Y), head.fit(token, X, Y, **kw)
-    tight = head.fit(token, X, Y, **kw, refine_prior_std=1e-4)
-    loose = head.fit(token, X, Y, **kw, refine_prior_std=1e4)
-    mid = head.fit(token, X, Y, **kw, refine_prior_std=0.3)
-    torch.testing.assert_close(tight.theta, proposed.theta, atol=2e-2, rtol=0.0)  # Adam: steps ~ lr
-    torch.testing.assert_close(loose.theta, ml.theta, atol=1e-6, rtol=0.0)
-    dist = lambda f: (f.theta - proposed.theta).norm(dim=-1)  # noqa: E731
-    assert bool((dist(mid) < dist(ml)).all()) and bool((dist(mid) > 1e-2).all())
-    with pytest.raises(ValueError, match="gp_refine_prior_std"):
-        PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2, nhid=16,
-                       num_buckets=10, gp_head=True, gp_refine_prior_std=-1.0)  # fmt: skip
-
-
-def test_warm_start_applies_only_from_the_warm_min_context():
-    # below gp_refine_warm_min_context a warm start is ignored: the context is refined
-    # from the network's proposals with gp_refine_steps, as without a warm start
-    net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
-                     gp_head=True, gp_particles=2, gp_refine_steps=5,
-                     gp_refine_min_context=4, gp_refine_warm_steps=2)  # fmt: skip
-    X, Y, _ = _data(n=9, d=3, b=1)
-    X, Y = X[0].float(), Y[0].float()
-    cold = net.encode_context(X, Y).gp_fit.theta
-    init = cold + 0.5  # some other particles to start from
-    warm = net.encode_context(X, Y, gp_init=init).gp_fit.theta
-    assert not torch.allclose(warm, cold)
-    net.config = net.config.replace(gp_refine_warm_min_context=10)  # 9 observed: cold
-    torch.testing.assert_close(net.encode_context(X, Y, gp_init=init).gp_fit.theta, cold)
-    net.config = net.config.replace(gp_refine_warm_min_context=9)  # 9 observed: warm
-    torch.testing.assert_close(net.encode_context(X, Y, gp_init=init).gp_fit.theta, warm)
-
-
 def test_refinement_runs_under_inference_mode_and_is_recorded_in_the_config():
     net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
                      gp_head=True, gp_particles=2, gp_refine_steps=5,
