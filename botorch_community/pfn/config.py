@@ -66,6 +66,13 @@ class PFNConfig:
         gp_refine_warm_steps: Adam steps of the refinement when it starts from the
             particles of an earlier fit (``PFNModel(..., warm_start=previous_model)``)
             instead of the network's proposals.
+        gp_min_noise: The smallest noise variance the GP head's particles infer, on the
+            standardised targets (known noise variances, ``train_Yvar``, are used as
+            given down to ``1e-6``). ``1e-6`` lets the particles interpolate
+            deterministic data almost exactly; ``1e-4``, the lower bound of BoTorch's
+            ``SingleTaskGP`` noise, leaves a little latent spread at the
+            observations, so EI keeps improving near the incumbent instead of moving
+            to unexplored corners late in a run. An inference setting.
         gp_constant_mean: Each GP particle gets the constant prior mean that maximises
             its marginal likelihood (generalised least squares) instead of zero (the
             context's mean). An inference setting.
@@ -100,6 +107,7 @@ class PFNConfig:
     gp_refine_max_rows: int = 200
     gp_refine_warm_steps: int = 6
     gp_constant_mean: bool = False
+    gp_min_noise: float = 1e-6
     gp_refine_min_per_dim: float = 0.0
     tokens: str = "rows"
 
@@ -115,6 +123,13 @@ class PFNConfig:
             elif f.type in ("bool",):
                 if not isinstance(value, bool):
                     raise ValueError(f"PFNConfig.{f.name} must be true or false, got {value!r}.")
+            elif f.name == "gp_min_noise":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    1e-12 <= value <= 1.0
+                ):
+                    raise ValueError(
+                        f"PFNConfig.gp_min_noise must be a number in [1e-12, 1], got {value!r}."
+                    )
             elif f.name == "gp_refine_min_per_dim":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     0.0 <= value <= 1000.0
@@ -167,6 +182,8 @@ class PFNConfig:
                 out.pop(name, None)
         if not self.gp_constant_mean:
             out.pop("gp_constant_mean", None)
+        if self.gp_min_noise == 1e-6:  # the default: configs stay as they were
+            out.pop("gp_min_noise", None)
         if not self.gp_refine_min_per_dim:
             out.pop("gp_refine_min_per_dim", None)
         if self.tokens == "rows":  # configs of row networks stay as they were
@@ -226,12 +243,13 @@ _OPTION_FIELDS = {
     "metric_attention": (),
     "noise_hint": (),
     "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
-                "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim"),
+                "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim",
+                "gp_min_noise"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
                      "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean",
-                     "gp_refine_min_per_dim")  # fmt: skip
+                     "gp_refine_min_per_dim", "gp_min_noise")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

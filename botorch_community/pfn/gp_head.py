@@ -346,6 +346,7 @@ class GPHead(nn.Module):
         known_noise: Optional[Tensor] = None,
         constant_mean: bool = False,
         init_particles: Optional[Tensor] = None,
+        min_noise: float = GP_MIN_NOISE,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -377,6 +378,9 @@ class GPHead(nn.Module):
                 the refinement from instead of the network's proposals, e.g. those of
                 the previous BO iteration's fit (warm start; contexts that are not
                 refined keep the proposals).
+            min_noise: The smallest noise variance a particle infers (standardised
+                targets; default :data:`GP_MIN_NOISE`). Known noise variances are used
+                as given (at least :data:`GP_MIN_NOISE`).
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -403,9 +407,10 @@ class GPHead(nn.Module):
                         )
                     start = init_particles.to(theta).detach()
                 theta = self._refine(start, X, y, observed, refine_steps, refine_min_context,
-                                     refine_max_rows, known, constant_mean, fallback=theta)  # fmt: skip
+                                     refine_max_rows, known, constant_mean, fallback=theta,
+                                     min_noise=min_noise)  # fmt: skip
             (Z, inv_ls, os, noise, L, alpha, mean), lml = self._condition(
-                theta, X, y, observed, known, constant_mean
+                theta, X, y, observed, known, constant_mean, min_noise=min_noise
             )
             if known is not None:
                 # new observations: the median known noise where every observed row's is known
@@ -463,6 +468,7 @@ class GPHead(nn.Module):
         known_noise: Optional[Tensor] = None,
         constant_mean: bool = False,
         with_grad: bool = False,
+        min_noise: float = GP_MIN_NOISE,
     ) -> tuple:
         r"""The particles `theta` (`b x J x (d + 2)`, raw) conditioned on a context
         (`known_noise`: `b x n` known noise variances, NaN: unknown; `constant_mean`:
@@ -501,7 +507,7 @@ class GPHead(nn.Module):
         raw_ls = theta[..., :d] + 0.5 * math.log(max(d, 1))
         log_ls = raw_ls.clamp(-7.0, 7.0)
         os = theta[..., d].clamp(-7.0, 4.0).exp()  # `b x J`
-        log_noise_min = math.log(GP_MIN_NOISE)
+        log_noise_min = math.log(min_noise)
         noise = theta[..., d + 1].clamp(log_noise_min, 2.0).exp()
         inv_ls = torch.exp(-log_ls)  # `b x J x d`
         Z = X.unsqueeze(1) * inv_ls.unsqueeze(-2)  # `b x J x n x d`
@@ -585,6 +591,7 @@ class GPHead(nn.Module):
         known_noise: Optional[Tensor] = None,
         constant_mean: bool = False,
         fallback: Optional[Tensor] = None,
+        min_noise: float = GP_MIN_NOISE,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -632,7 +639,8 @@ class GPHead(nn.Module):
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
             for _ in range(steps):
                 with torch.no_grad():  # closed-form gradient (see _condition)
-                    grad = self._condition(p, Xr, yr, obs, kn, constant_mean, with_grad=True)[2]
+                    grad = self._condition(p, Xr, yr, obs, kn, constant_mean, with_grad=True,
+                                           min_noise=min_noise)[2]
                 p.grad = -grad / per_obs.unsqueeze(-1)  # ascent on lml per observation
                 opt.step()
             refined = p.detach()

@@ -397,7 +397,8 @@ class PFNTransformer(nn.Module):
                            min_context, c.gp_refine_max_rows,
                            known_noise=context_Yvar,
                            constant_mean=c.gp_constant_mean,
-                           init_particles=gp_init)  # fmt: skip
+                           init_particles=gp_init,
+                           min_noise=c.gp_min_noise)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:

@@ -328,6 +328,32 @@ def test_refinement_skips_small_contexts_and_ignores_the_batch():
             torch.testing.assert_close(a[0], b[i], atol=1e-10, rtol=1e-9)
 
 
+def test_min_noise_floors_the_particles_inferred_noise():
+    # gp_min_noise bounds every particle's inferred noise below (as BoTorch's
+    # GaussianLikelihood bounds its noise at 1e-4), refined or not; a known noise
+    # (train_Yvar) is used as given, down to GP_MIN_NOISE
+    X, Y, Xq = _data(n=12, b=2)
+    token = torch.randn(2, 8, dtype=torch.float64)
+    head = _refining_head()  # particle 1 proposes noise 1e-5
+    for floor in (1e-6, 1e-4, 1e-2):
+        for steps in (0, 20):
+            fit = head.fit(token, X, Y, refine_steps=steps, refine_min_context=8,
+                           min_noise=floor)  # fmt: skip
+            assert float(fit.noise.detach().min()) >= floor * (1 - 1e-12)
+        known = torch.zeros_like(Y)  # train_Yvar = 0
+        fit = head.fit(token, X, Y, known_noise=known, min_noise=floor)
+        torch.testing.assert_close(fit.noise, torch.full_like(fit.noise, gp_head.GP_MIN_NOISE))
+    with pytest.raises(ValueError, match="gp_min_noise"):
+        PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2, nhid=16,
+                       num_buckets=10, gp_head=True, gp_min_noise=0.0)  # fmt: skip
+    net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
+                     gp_head=True, gp_particles=2, gp_min_noise=1e-3)  # fmt: skip
+    assert net.config.to_dict()["gp_min_noise"] == 1e-3
+    cache = net.encode_context(X[0].float(), Y[0].float())
+    assert float(cache.gp_fit.noise.min()) >= 1e-3 * (1 - 1e-9)
+    assert "gp_min_noise" not in net.config.replace(gp_min_noise=1e-6).to_dict()
+
+
 def test_refinement_runs_under_inference_mode_and_is_recorded_in_the_config():
     net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
                      gp_head=True, gp_particles=2, gp_refine_steps=5,
