@@ -73,6 +73,13 @@ class PFNConfig:
             ``SingleTaskGP`` noise, leaves a little latent spread at the
             observations, so EI keeps improving near the incumbent instead of moving
             to unexplored corners late in a run. An inference setting.
+        gp_refine_start_per_dim: With a positive value, contexts are refined from
+            this many observed targets per input dimension (at least 5) where that is
+            fewer than ``gp_refine_min_context``: small-d contexts are refined early,
+            while high-d ones still wait for ``gp_refine_min_context`` (0: off). Before
+            its refinement starts, a context keeps the network's proposals, whose
+            outputscales are larger than a fitted GP's, so EI favours the cube's corners.
+            An inference setting.
         gp_constant_mean: Each GP particle gets the constant prior mean that maximises
             its marginal likelihood (generalised least squares) instead of zero (the
             context's mean). An inference setting.
@@ -107,6 +114,7 @@ class PFNConfig:
     gp_refine_max_rows: int = 200
     gp_refine_warm_steps: int = 6
     gp_constant_mean: bool = False
+    gp_refine_start_per_dim: float = 0.0
     gp_min_noise: float = 1e-6
     gp_refine_min_per_dim: float = 0.0
     tokens: str = "rows"
@@ -130,13 +138,12 @@ class PFNConfig:
                     raise ValueError(
                         f"PFNConfig.gp_min_noise must be a number in [1e-12, 1], got {value!r}."
                     )
-            elif f.name == "gp_refine_min_per_dim":
+            elif f.name in ("gp_refine_min_per_dim", "gp_refine_start_per_dim"):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     0.0 <= value <= 1000.0
                 ):
                     raise ValueError(
-                        f"PFNConfig.gp_refine_min_per_dim must be a number in [0, 1000], "
-                        f"got {value!r}."
+                        f"PFNConfig.{f.name} must be a number in [0, 1000], got {value!r}."
                     )
             elif f.name == "dropout":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
@@ -184,6 +191,8 @@ class PFNConfig:
             out.pop("gp_constant_mean", None)
         if self.gp_min_noise == 1e-6:  # the default: configs stay as they were
             out.pop("gp_min_noise", None)
+        if not self.gp_refine_start_per_dim:
+            out.pop("gp_refine_start_per_dim", None)
         if not self.gp_refine_min_per_dim:
             out.pop("gp_refine_min_per_dim", None)
         if self.tokens == "rows":  # configs of row networks stay as they were
@@ -244,12 +253,13 @@ _OPTION_FIELDS = {
     "noise_hint": (),
     "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
                 "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim",
-                "gp_min_noise"),
+                "gp_min_noise", "gp_refine_start_per_dim"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
                      "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean",
-                     "gp_refine_min_per_dim", "gp_min_noise")  # fmt: skip
+                     "gp_refine_min_per_dim", "gp_min_noise",
+                     "gp_refine_start_per_dim")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

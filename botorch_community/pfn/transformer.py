@@ -64,6 +64,8 @@ def default_borders(num_buckets: int, bound: float = 6.0) -> Tensor:
 
 #: Queries per chunk in :meth:`PFNTransformer.predict` without gradients (memory bound).
 PREDICT_CHUNK_QUERIES = 512
+#: The fewest observed targets a context is refined from under ``gp_refine_start_per_dim``.
+REFINE_START_MIN = 5
 
 
 class PFNTransformer(nn.Module):
@@ -390,9 +392,15 @@ class PFNTransformer(nn.Module):
             steps = c.gp_refine_warm_steps
             if gp_init.shape[0] == 1 and token.shape[0] > 1:
                 gp_init = gp_init.expand(token.shape[0], *gp_init.shape[1:])
-        # at least `gp_refine_min_per_dim` observations per lengthscale to fit
-        min_context = max(c.gp_refine_min_context,
-                          math.ceil(c.gp_refine_min_per_dim * context_X.shape[-1]))
+        # from `gp_refine_start_per_dim` observations per input dimension (at least
+        # REFINE_START_MIN) where that is earlier than `gp_refine_min_context`, and at
+        # least `gp_refine_min_per_dim` observations per lengthscale to fit
+        d = context_X.shape[-1]
+        min_context = c.gp_refine_min_context
+        if c.gp_refine_start_per_dim > 0:
+            start = max(REFINE_START_MIN, math.ceil(c.gp_refine_start_per_dim * d))
+            min_context = min(min_context, start)
+        min_context = max(min_context, math.ceil(c.gp_refine_min_per_dim * d))
         return self.gp.fit(token, context_X, context_Y, steps,
                            min_context, c.gp_refine_max_rows,
                            known_noise=context_Yvar,

@@ -354,6 +354,34 @@ def test_min_noise_floors_the_particles_inferred_noise():
     assert "gp_min_noise" not in net.config.replace(gp_min_noise=1e-6).to_dict()
 
 
+def test_refinement_starts_per_dimension_below_the_min_context():
+    # gp_refine_start_per_dim = 3: a d-dimensional context is refined from
+    # max(5, 3 d) observed targets where that is below gp_refine_min_context (20)
+    net = random_pfn(num_features=12, emsize=16, nlayers=1, nhead=2, nhid=16,
+                     gp_head=True, gp_particles=2, gp_refine_steps=5,
+                     gp_refine_min_context=20)  # fmt: skip
+    base = net.config
+    early = base.replace(gp_refine_start_per_dim=3.0)
+    assert early.to_dict()["gp_refine_start_per_dim"] == 3.0
+    assert "gp_refine_start_per_dim" not in base.to_dict()
+
+    def refined(config, n, d):
+        X, Y, _ = _data(n=n, d=d, b=1)
+        thetas = []
+        for c in (config, config.replace(gp_refine_steps=0)):  # the proposals
+            net.config = c
+            thetas.append(net.encode_context(X[0].float(), Y[0].float()).gp_fit.theta)
+        return not torch.allclose(*thetas)
+
+    for n, d, expected in [(5, 1, True), (4, 1, False), (6, 2, True), (5, 2, False),
+                           (12, 4, True), (11, 4, False), (20, 7, True), (19, 7, False)]:
+        assert refined(early, n, d) == expected, (n, d)
+        assert refined(base, n, d) == (n >= 20)
+    with pytest.raises(ValueError, match="gp_refine_start_per_dim"):
+        PFNTransformer(num_features=3, emsize=16, nlayers=1, nhead=2, nhid=16,
+                       num_buckets=10, gp_head=True, gp_refine_start_per_dim=-1.0)  # fmt: skip
+
+
 def test_refinement_runs_under_inference_mode_and_is_recorded_in_the_config():
     net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
                      gp_head=True, gp_particles=2, gp_refine_steps=5,
