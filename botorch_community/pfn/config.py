@@ -29,6 +29,9 @@ TOKEN_LAYOUTS = ("rows", "cells")
 #: corrupt or hostile config from allocating gigabytes before the weights are matched).
 _MAX = dict(num_features=1024, emsize=4096, nlayers=64, nhead=64, nhid=16384,
             num_buckets=100_000, gp_particles=64)  # fmt: skip
+#: Closed ranges of the real-valued settings.
+_NUMBER_RANGES = dict(gp_min_noise=(1e-12, 1.0), gp_refine_min_per_dim=(0.0, 1000.0),
+                      gp_refine_start_per_dim=(0.0, 1000.0))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,19 +134,14 @@ class PFNConfig:
             elif f.type in ("bool",):
                 if not isinstance(value, bool):
                     raise ValueError(f"PFNConfig.{f.name} must be true or false, got {value!r}.")
-            elif f.name == "gp_min_noise":
+            elif f.name in _NUMBER_RANGES:
+                low, high = _NUMBER_RANGES[f.name]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    1e-12 <= value <= 1.0
+                    low <= value <= high
                 ):
                     raise ValueError(
-                        f"PFNConfig.gp_min_noise must be a number in [1e-12, 1], got {value!r}."
-                    )
-            elif f.name in ("gp_refine_min_per_dim", "gp_refine_start_per_dim"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    0.0 <= value <= 1000.0
-                ):
-                    raise ValueError(
-                        f"PFNConfig.{f.name} must be a number in [0, 1000], got {value!r}."
+                        f"PFNConfig.{f.name} must be a number in [{low:g}, {high:g}], got "
+                        f"{value!r}."
                     )
             elif f.name == "dropout":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
@@ -189,7 +187,7 @@ class PFNConfig:
                 out.pop(name, None)
         if not self.gp_constant_mean:
             out.pop("gp_constant_mean", None)
-        if self.gp_min_noise == 1e-6:  # the default: configs stay as they were
+        if self.gp_min_noise == _FIELD_DEFAULTS["gp_min_noise"]:  # configs stay as they were
             out.pop("gp_min_noise", None)
         if not self.gp_refine_start_per_dim:
             out.pop("gp_refine_start_per_dim", None)
@@ -245,6 +243,10 @@ def resolve_config(config: Any, fields: dict[str, Any]) -> "PFNConfig":
     if isinstance(config, dict):
         return PFNConfig.from_dict({**config, **fields})
     return config.replace(**fields) if fields else config
+
+
+#: The dataclass defaults of :class:`PFNConfig`'s fields.
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(PFNConfig)}
 
 
 #: Fields of an option that are only recorded while the option is on.
