@@ -31,7 +31,8 @@ _MAX = dict(num_features=1024, emsize=4096, nlayers=64, nhead=64, nhid=16384,
             num_buckets=100_000, gp_particles=64)  # fmt: skip
 #: Closed ranges of the real-valued settings.
 _NUMBER_RANGES = dict(gp_min_noise=(1e-12, 1.0), gp_refine_min_per_dim=(0.0, 1000.0),
-                      gp_refine_start_per_dim=(0.0, 1000.0))  # fmt: skip
+                      gp_refine_start_per_dim=(0.0, 1000.0),
+                      gp_refine_steps_per_ratio=(0.0, 1000.0))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,13 @@ class PFNConfig:
             ascent fits `d` lengthscales per particle, and with fewer than about `2 d`
             observations it overfits them (high-dimensional network: 2; 0: no such
             bound). An inference setting.
+        gp_refine_steps_per_ratio: With a positive value `c`, a fit from the network's
+            proposals (not a warm start) refines a context of `m` observed targets in
+            `d` inputs for `min(gp_refine_steps, max(5, ceil(c m / d)))` steps: early
+            stopping, so that with few observations per lengthscale the ARD fit stays
+            near the proposals instead of overfitting (0: always ``gp_refine_steps``).
+            Warm starts still take ``gp_refine_warm_steps``, so a BO loop's chain of
+            warm-started fits converges as before. An inference setting.
         tokens: ``"rows"``: one token per data row, inputs zero-padded to
             `num_features` (:class:`~botorch_community.pfn.transformer.PFNTransformer`).
             ``"cells"``: one token per input dimension of each row plus one for its
@@ -120,6 +128,7 @@ class PFNConfig:
     gp_refine_start_per_dim: float = 0.0
     gp_min_noise: float = 1e-6
     gp_refine_min_per_dim: float = 0.0
+    gp_refine_steps_per_ratio: float = 0.0
     tokens: str = "rows"
 
     def __post_init__(self) -> None:
@@ -193,6 +202,8 @@ class PFNConfig:
             out.pop("gp_refine_start_per_dim", None)
         if not self.gp_refine_min_per_dim:
             out.pop("gp_refine_min_per_dim", None)
+        if not self.gp_refine_steps_per_ratio:
+            out.pop("gp_refine_steps_per_ratio", None)
         if self.tokens == "rows":  # configs of row networks stay as they were
             out.pop("tokens")
         return out
@@ -255,13 +266,13 @@ _OPTION_FIELDS = {
     "noise_hint": (),
     "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
                 "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim",
-                "gp_min_noise", "gp_refine_start_per_dim"),
+                "gp_min_noise", "gp_refine_start_per_dim", "gp_refine_steps_per_ratio"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
                      "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean",
                      "gp_refine_min_per_dim", "gp_min_noise",
-                     "gp_refine_start_per_dim")  # fmt: skip
+                     "gp_refine_start_per_dim", "gp_refine_steps_per_ratio")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

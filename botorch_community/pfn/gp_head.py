@@ -50,6 +50,9 @@ GP_MIN_NOISE = 1e-6
 GP_JITTER = 1e-8
 #: Adam learning rate of the particles' refinement (on log hyperparameters).
 REFINE_LR = 0.05
+#: The fewest refinement steps a context takes under a per-ratio step budget
+#: (``gp_refine_steps_per_ratio``).
+REFINE_MIN_STEPS = 5
 #: At inference (:func:`_compact`) a particle whose weight is below this fraction of its
 #: context's largest gets weight exactly zero, and particles at zero in every context of
 #: a batch are dropped from the fit: after the refinement the weights usually concentrate
@@ -347,6 +350,7 @@ class GPHead(nn.Module):
         constant_mean: bool = False,
         init_particles: Optional[Tensor] = None,
         min_noise: float = GP_MIN_NOISE,
+        steps_per_ratio: float = 0.0,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -381,6 +385,10 @@ class GPHead(nn.Module):
             min_noise: The smallest noise variance a particle infers (standardised
                 targets; default :data:`GP_MIN_NOISE`). Known noise variances are used
                 as given (at least :data:`GP_MIN_NOISE`).
+            steps_per_ratio: With a positive value `c` and no `init_particles`, a
+                context of `m` observed targets takes
+                `min(refine_steps, max(REFINE_MIN_STEPS, ceil(c m / d)))` steps (early
+                stopping where there are few observations per lengthscale).
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -408,7 +416,9 @@ class GPHead(nn.Module):
                     start = init_particles.to(theta).detach()
                 theta = self._refine(start, X, y, observed, refine_steps, refine_min_context,
                                      refine_max_rows, known, constant_mean, fallback=theta,
-                                     min_noise=min_noise)  # fmt: skip
+                                     min_noise=min_noise,
+                                     steps_per_ratio=0.0 if init_particles is not None
+                                     else steps_per_ratio)  # fmt: skip
             (Z, inv_ls, os, noise, L, alpha, mean), lml = self._condition(
                 theta, X, y, observed, known, constant_mean, min_noise=min_noise
             )
@@ -592,6 +602,7 @@ class GPHead(nn.Module):
         constant_mean: bool = False,
         fallback: Optional[Tensor] = None,
         min_noise: float = GP_MIN_NOISE,
+        steps_per_ratio: float = 0.0,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -613,6 +624,10 @@ class GPHead(nn.Module):
 
             fallback: The particles of the contexts that are not refined (default:
                 `theta`).
+            steps_per_ratio: With a positive value `c`, a context of `m` observed
+                targets in `d` inputs stops after
+                `min(steps, max(REFINE_MIN_STEPS, ceil(c m / d)))` steps (its particles
+                are held while the others go on).
 
         Returns:
             `b x J x (d + 2)`: the refined particles (detached from the network) where
@@ -635,14 +650,27 @@ class GPHead(nn.Module):
                 else:
                     Xr, yr, obs, kn = refinement_rows(Xr, yr, obs, max_rows, kn)
             per_obs = obs.sum(-1, keepdim=True)  # `b' x 1`
+            budget = None
+            if steps_per_ratio > 0:
+                # each context's own budget, from all its observations (not the subset)
+                m = n_obs[todo].detach()  # `b'`
+                budget = (steps_per_ratio * m / X.shape[-1]).ceil()
+                budget = budget.clamp(min(REFINE_MIN_STEPS, steps), steps)
+                steps = int(budget.max())  # one host sync per fit
             p = theta[todo].detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
-            for _ in range(steps):
+            for i in range(steps):
                 with torch.no_grad():  # closed-form gradient (see _condition)
                     grad = self._condition(p, Xr, yr, obs, kn, constant_mean, with_grad=True,
                                            min_noise=min_noise)[2]
                 p.grad = -grad / per_obs.unsqueeze(-1)  # ascent on lml per observation
+                if budget is None:
+                    opt.step()
+                    continue
+                held = p.detach().clone()
                 opt.step()
+                with torch.no_grad():  # contexts past their budget keep their particles
+                    p.copy_(torch.where((budget > i).view(-1, 1, 1), p, held))
             refined = p.detach()
         full = fallback.detach().clone()
         full[todo] = refined

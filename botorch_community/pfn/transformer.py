@@ -406,7 +406,8 @@ class PFNTransformer(nn.Module):
                            known_noise=context_Yvar,
                            constant_mean=c.gp_constant_mean,
                            init_particles=gp_init,
-                           min_noise=c.gp_min_noise)  # fmt: skip
+                           min_noise=c.gp_min_noise,
+                           steps_per_ratio=c.gp_refine_steps_per_ratio)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:

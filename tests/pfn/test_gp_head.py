@@ -328,6 +328,52 @@ def test_refinement_skips_small_contexts_and_ignores_the_batch():
             torch.testing.assert_close(a[0], b[i], atol=1e-10, rtol=1e-9)
 
 
+def test_steps_per_ratio_stops_each_context_after_its_own_budget():
+    # c = 2, d = 3, 30 steps: a context of m observed targets takes
+    # min(30, max(5, ceil(2 m / 3))) steps: 12 targets -> 8, 8 (4 missing) -> 6, 6 -> 5
+    X, Y, _ = _data(n=12, b=3)
+    token = torch.randn(3, 8, dtype=torch.float64)
+    head = _refining_head()
+    Y_m = Y.clone()
+    Y_m[1, :4] = float("nan")
+    Y_m[2, :6] = float("nan")
+    fit = head.fit(token, X, Y_m, refine_steps=30, refine_min_context=5, steps_per_ratio=2.0)
+    for i, steps in enumerate([8, 6, 5]):
+        sl = slice(i, i + 1)
+        plain = head.fit(token[sl], X[sl], Y_m[sl], refine_steps=steps, refine_min_context=5)
+        torch.testing.assert_close(fit.theta[i], plain.theta[0], rtol=1e-9, atol=1e-10)
+        longer = head.fit(token[sl], X[sl], Y_m[sl], refine_steps=steps + 1, refine_min_context=5)
+        assert not torch.allclose(fit.theta[i], longer.theta[0])
+    # enough targets per dimension: the full refine_steps
+    full = head.fit(token, X, Y, refine_steps=7, refine_min_context=5, steps_per_ratio=2.0)
+    same = head.fit(token, X, Y, refine_steps=7, refine_min_context=5)
+    torch.testing.assert_close(full.theta, same.theta, rtol=0.0, atol=0.0)
+    # a warm start takes its own steps whatever the ratio
+    warm = head.fit(token, X, Y, 3, 5, init_particles=fit.theta, steps_per_ratio=2.0)
+    warm_plain = head.fit(token, X, Y, 3, 5, init_particles=fit.theta)
+    torch.testing.assert_close(warm.theta, warm_plain.theta, rtol=0.0, atol=0.0)
+
+
+def test_steps_per_ratio_is_a_recorded_inference_setting():
+    net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
+                     gp_head=True, gp_particles=2, gp_refine_steps=30,
+                     gp_refine_min_context=5)  # fmt: skip
+    X, Y, _ = _data(n=9, d=3, b=1)
+
+    def theta(config):
+        net.config = config
+        return net.encode_context(X[0].float(), Y[0].float()).gp_fit.theta
+
+    base = net.config
+    early = base.replace(gp_refine_steps_per_ratio=2.0)  # 9 targets in 3 d: 6 steps
+    assert early.to_dict()["gp_refine_steps_per_ratio"] == 2.0
+    assert "gp_refine_steps_per_ratio" not in base.to_dict()
+    torch.testing.assert_close(theta(early), theta(base.replace(gp_refine_steps=6)))
+    assert not torch.allclose(theta(early), theta(base))
+    with pytest.raises(ValueError, match="gp_refine_steps_per_ratio"):
+        base.replace(gp_refine_steps_per_ratio=-1.0)
+
+
 def test_min_noise_floors_the_particles_inferred_noise():
     # gp_min_noise bounds every particle's inferred noise below (as BoTorch's
     # GaussianLikelihood bounds its noise at 1e-4), refined or not; a known noise
