@@ -122,6 +122,20 @@ HOLDOUT: dict[str, tuple[str, dict, int, float]] = {
     "ackley6_noisy": ("Ackley", {"dim": 6}, 6, 0.5),
     "styblinskitang6_noisy": ("StyblinskiTang", {"dim": 6}, 6, 2.0),
 }
+#: A second held-out set (added 2026-12-07, session 32; run once with that day's code,
+#: nothing chosen or tuned on it): other BoTorch test functions and dimensions.
+HOLDOUT2: dict[str, tuple[str, dict, int, float]] = {
+    "bukin": ("Bukin", {}, 2, 0.0),
+    "rosenbrock2": ("Rosenbrock", {"dim": 2}, 2, 0.0),
+    "michalewicz2": ("Michalewicz", {"dim": 2}, 2, 0.0),
+    "ackley3_noisy": ("Ackley", {"dim": 3}, 3, 0.3),
+    "levy4": ("Levy", {"dim": 4}, 4, 0.0),
+    "styblinskitang4": ("StyblinskiTang", {"dim": 4}, 4, 0.0),
+    "griewank4": ("Griewank", {"dim": 4}, 4, 0.0),
+    "shekel7": ("Shekel", {"m": 7}, 4, 0.0),
+    "powell8": ("Powell", {"dim": 8}, 8, 0.0),
+    "michalewicz10": ("Michalewicz", {"dim": 10}, 10, 0.0),
+}
 #: High-dimensional problems (the network for d > 18, ``default_highd``): a few relevant
 #: dimensions embedded in many (``d`` larger than the function's own: it reads a fixed
 #: random subset of the coordinates, the others have no effect), and all dimensions
@@ -139,9 +153,11 @@ SUITES = {
     "core": ["branin", "hartmann6", "ackley4", "rosenbrock4"],
     "full": list(PROBLEMS),
     "holdout": list(HOLDOUT),
+    "holdout2": list(HOLDOUT2),
     "highd": list(HIGHD),
 }
 PROBLEMS.update(HOLDOUT)  # after SUITES: "full" is the suite's 15 above
+PROBLEMS.update(HOLDOUT2)
 PROBLEMS.update(HIGHD)
 METHODS = ["pfn_logei", "gp", "sobol"]
 ALL_METHODS = ["pfn_logei", "pfn_ei", "pfn_logei_noisefree", "gp", "sobol"]

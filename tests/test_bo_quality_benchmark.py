@@ -19,8 +19,9 @@ def test_problem_table():
     assert set(B.SUITES["core"]) == {"branin", "hartmann6", "ackley4", "rosenbrock4"}
     full, holdout = B.SUITES["full"], B.SUITES["holdout"]
     assert len(full) >= 12 and holdout == list(B.HOLDOUT) and not set(full) & set(holdout)
-    highd = B.SUITES["highd"]
-    assert list(B.PROBLEMS) == full + holdout + highd
+    holdout2, highd = B.SUITES["holdout2"], B.SUITES["highd"]
+    assert holdout2 == list(B.HOLDOUT2) and not set(holdout2) & (set(full) | set(holdout))
+    assert list(B.PROBLEMS) == full + holdout + holdout2 + highd
     for name, (_, _, d, noise) in B.PROBLEMS.items():
         f = B.make_problem(name)
         assert f.dim == d and f.negate
