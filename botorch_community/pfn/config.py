@@ -90,15 +90,17 @@ class PFNConfig:
         gp_refine_min_per_dim: Refine only contexts with at least this many observed
             targets per input dimension (as well as ``gp_refine_min_context``): the
             ascent fits `d` lengthscales per particle, and with fewer than about `2 d`
-            observations it overfits them (high-dimensional network: 2; 0: no such
-            bound). An inference setting.
+            observations it overfits them (0: no such bound; 2 calibrates the
+            high-dimensional network on prior data but loses BO, so it ships
+            ``gp_refine_steps_per_ratio`` instead). An inference setting.
         gp_refine_steps_per_ratio: With a positive value `c`, a fit from the network's
             proposals (not a warm start) refines a context of `m` observed targets in
             `d` inputs for `min(gp_refine_steps, max(5, ceil(c m / d)))` steps: early
             stopping, so that with few observations per lengthscale the ARD fit stays
             near the proposals instead of overfitting (0: always ``gp_refine_steps``).
             Warm starts still take ``gp_refine_warm_steps``, so a BO loop's chain of
-            warm-started fits converges as before. An inference setting.
+            warm-started fits converges as before (high-dimensional network: 7.5, so 5
+            steps up to `m = d` and 30 from `m = 4 d`). An inference setting.
         tokens: ``"rows"``: one token per data row, inputs zero-padded to
             `num_features` (:class:`~botorch_community.pfn.transformer.PFNTransformer`).
             ``"cells"``: one token per input dimension of each row plus one for its
