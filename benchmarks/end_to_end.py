@@ -113,6 +113,8 @@ DEFAULTS = dict(ns=[20, 50, 100, 200, 500, 1000], ds=[6, 12], settings=["10x512"
                 variants=["default", "gp"], repeats=3, warmup=1)
 QUICK = dict(ns=[20, 50], ds=[6, 12], settings=["4x64"], variants=["default", "gp"],
              repeats=1, warmup=1)
+#: Warm-started fits (one row added each) that build the `warm` variant's previous model.
+WARM_CHAIN = 10
 RETRY_MSG = "Trying again with a new set of initial conditions"
 SECOND_FAIL_MSG = "failed on the second try"
 METHOD_LABELS = {"gp": "SingleTaskGP + LogEI", "pfn_default": 'PFN (predictive="mixture")',
@@ -233,11 +235,15 @@ class Bench:
             predictive = {"pfn_default": "mixture", "pfn_gp": "gp", "pfn_warm": "gp",
                           "pfn_graphs": "gp"}[method]
             warm = None
-            if method in ("pfn_warm", "pfn_graphs"):  # the previous iteration's model (untimed)
-                warm = PFNModel(X[:-1], Y[:-1], model=self.net, network_dtype=self.ndt,
-                                predictive=predictive)
-                with warm.cache_training_context(), torch.no_grad():
-                    warm.posterior(X[:1])
+            if method in ("pfn_warm", "pfn_graphs"):
+                # the previous iteration's model, as a BO loop has it (untimed): the end of
+                # a chain of warm-started fits, one row added per iteration
+                n = X.shape[-2]
+                for m in range(max(1, n - 1 - WARM_CHAIN), n):
+                    warm = PFNModel(X[:m], Y[:m], model=self.net, network_dtype=self.ndt,
+                                    predictive=predictive, warm_start=warm)
+                    with warm.cache_training_context(), torch.no_grad():
+                        warm.posterior(X[:1])
             with warnings.catch_warnings(record=True) as ws:
                 warnings.simplefilter("always")
                 self._sync()
@@ -318,7 +324,8 @@ def main() -> None:
                         "32x1024; --quick 4x64)")
     p.add_argument("--variants", nargs="+", default=None, choices=["default", "gp", "warm", "graphs"],
                    help="PFN variants (default: default and gp; warm: gp with "
-                   "warm_start= the model of the first n - 1 rows, built untimed; graphs: "
+                   "warm_start= the model of the first n - 1 rows at the end of a chain of "
+                   f"{WARM_CHAIN} warm-started fits, built untimed; graphs: "
                    "warm with the acquisition function in CUDAGraphAcquisitionFunction); "
                    "the GP baseline always runs")
     p.add_argument("--repeats", type=int, default=None, help="timed iterations (default 3)")
@@ -443,7 +450,9 @@ def render(results: list[dict], args, header: dict) -> str:
         + "\n\nPFN: build = `PFNModel` + `DiscretizedLogExpectedImprovement`; encode = first "
         "posterior call in `cache_training_context()`; optimise = `optimize_acqf` in that "
         "block. variant `gp` = `PFNModel(..., predictive=\"gp\")`; `warm` = the same with "
-        "`warm_start=` a model of the first n - 1 rows (built and encoded untimed). GP: fit = "
+        "`warm_start=` the previous iteration's model: the model of the first n - 1 rows at the end "
+        f"of a chain of {WARM_CHAIN} warm-started fits that add one row each (built and encoded "
+        "untimed), as in a BO loop. GP: fit = "
         "`SingleTaskGP(X, Y, outcome_transform=Standardize(1))` + `fit_gpytorch_mll`; "
         "optimise = `LogExpectedImprovement` + `optimize_acqf`. Calls: forward calls of the "
         "acquisition function (those with gradients: L-BFGS-B steps); retr. = BoTorch "

@@ -32,7 +32,8 @@ _MAX = dict(num_features=1024, emsize=4096, nlayers=64, nhead=64, nhid=16384,
 #: Closed ranges of the real-valued settings.
 _NUMBER_RANGES = dict(gp_min_noise=(1e-12, 1.0), gp_refine_min_per_dim=(0.0, 1000.0),
                       gp_refine_start_per_dim=(0.0, 1000.0),
-                      gp_refine_steps_per_ratio=(0.0, 1000.0))  # fmt: skip
+                      gp_refine_steps_per_ratio=(0.0, 1000.0),
+                      gp_refine_warm_tol=(0.0, 1e6))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,13 @@ class PFNConfig:
             Warm starts still take ``gp_refine_warm_steps``, so a BO loop's chain of
             warm-started fits converges as before (high-dimensional network: 7.5, so 5
             steps up to `m = d` and 30 from `m = 4 d`). An inference setting.
+        gp_refine_warm_tol: With a positive value, a warm-started refinement stops at
+            the first step where no raw parameter's gradient of the log marginal
+            likelihood per observation reaches it (0: always ``gp_refine_warm_steps``
+            steps). The previous BO iteration's fit is usually stationary already on
+            the grown context; Adam's first step moves every parameter by about its
+            learning rate whatever the gradient, so the fixed steps cost six
+            conditionings to move the fit away and back. An inference setting.
         tokens: ``"rows"``: one token per data row, inputs zero-padded to
             `num_features` (:class:`~botorch_community.pfn.transformer.PFNTransformer`).
             ``"cells"``: one token per input dimension of each row plus one for its
@@ -131,6 +139,7 @@ class PFNConfig:
     gp_min_noise: float = 1e-6
     gp_refine_min_per_dim: float = 0.0
     gp_refine_steps_per_ratio: float = 0.0
+    gp_refine_warm_tol: float = 0.0
     tokens: str = "rows"
 
     def __post_init__(self) -> None:
@@ -206,6 +215,8 @@ class PFNConfig:
             out.pop("gp_refine_min_per_dim", None)
         if not self.gp_refine_steps_per_ratio:
             out.pop("gp_refine_steps_per_ratio", None)
+        if not self.gp_refine_warm_tol:
+            out.pop("gp_refine_warm_tol", None)
         if self.tokens == "rows":  # configs of row networks stay as they were
             out.pop("tokens")
         return out
@@ -268,13 +279,15 @@ _OPTION_FIELDS = {
     "noise_hint": (),
     "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
                 "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim",
-                "gp_min_noise", "gp_refine_start_per_dim", "gp_refine_steps_per_ratio"),
+                "gp_min_noise", "gp_refine_start_per_dim", "gp_refine_steps_per_ratio",
+                "gp_refine_warm_tol"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
                      "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean",
                      "gp_refine_min_per_dim", "gp_min_noise",
-                     "gp_refine_start_per_dim", "gp_refine_steps_per_ratio")  # fmt: skip
+                     "gp_refine_start_per_dim", "gp_refine_steps_per_ratio",
+                     "gp_refine_warm_tol")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

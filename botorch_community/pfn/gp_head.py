@@ -351,6 +351,7 @@ class GPHead(nn.Module):
         init_particles: Optional[Tensor] = None,
         min_noise: float = GP_MIN_NOISE,
         steps_per_ratio: float = 0.0,
+        warm_tol: float = 0.0,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
@@ -389,6 +390,13 @@ class GPHead(nn.Module):
                 context of `m` observed targets takes
                 `min(refine_steps, max(REFINE_MIN_STEPS, ceil(c m / d)))` steps (early
                 stopping where there are few observations per lengthscale).
+            warm_tol: With a positive value and `init_particles`, the refinement of a
+                context stops once it is stationary: no raw parameter's gradient of
+                the log marginal likelihood per observation reaches `warm_tol`
+                (:meth:`_refine`'s `stop_tol`). A warm start from the previous BO
+                iteration's fit is usually there already; Adam's first steps, of
+                about its learning rate in every parameter whatever the gradient,
+                would only move it away and back.
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -418,7 +426,9 @@ class GPHead(nn.Module):
                                      refine_max_rows, known, constant_mean, fallback=theta,
                                      min_noise=min_noise,
                                      steps_per_ratio=0.0 if init_particles is not None
-                                     else steps_per_ratio)  # fmt: skip
+                                     else steps_per_ratio,
+                                     stop_tol=warm_tol if init_particles is not None
+                                     else 0.0)  # fmt: skip
             (Z, inv_ls, os, noise, L, alpha, mean), lml = self._condition(
                 theta, X, y, observed, known, constant_mean, min_noise=min_noise
             )
@@ -603,6 +613,7 @@ class GPHead(nn.Module):
         fallback: Optional[Tensor] = None,
         min_noise: float = GP_MIN_NOISE,
         steps_per_ratio: float = 0.0,
+        stop_tol: float = 0.0,
     ) -> Tensor:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
@@ -628,6 +639,10 @@ class GPHead(nn.Module):
                 targets in `d` inputs stops after
                 `min(steps, max(REFINE_MIN_STEPS, ceil(c m / d)))` steps (its particles
                 are held while the others go on).
+            stop_tol: With a positive value, a context stops (its particles held) at
+                the first step where no raw parameter's gradient of the log marginal
+                likelihood per observation reaches `stop_tol` in absolute value, and the
+                ascent ends when every context has stopped.
 
         Returns:
             `b x J x (d + 2)`: the refined particles (detached from the network) where
@@ -659,18 +674,27 @@ class GPHead(nn.Module):
                 steps = int(budget.max())  # one host sync per fit
             p = theta[todo].detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
+            done = None  # `b'`: contexts whose ascent has stopped (see `stop_tol`)
             for i in range(steps):
                 with torch.no_grad():  # closed-form gradient (see _condition)
                     grad = self._condition(p, Xr, yr, obs, kn, constant_mean, with_grad=True,
                                            min_noise=min_noise)[2]
                 p.grad = -grad / per_obs.unsqueeze(-1)  # ascent on lml per observation
-                if budget is None:
+                if stop_tol > 0:  # stationary: no raw parameter's slope reaches stop_tol
+                    small = p.grad.abs().amax((-2, -1)) < stop_tol  # `b'`
+                    done = small if done is None else done | small
+                    if bool(done.all()):  # one host sync per step
+                        break
+                move = None if budget is None else budget > i  # `b'`
+                if done is not None:
+                    move = ~done if move is None else move & ~done
+                if move is None:
                     opt.step()
                     continue
                 held = p.detach().clone()
                 opt.step()
-                with torch.no_grad():  # contexts past their budget keep their particles
-                    p.copy_(torch.where((budget > i).view(-1, 1, 1), p, held))
+                with torch.no_grad():  # stopped contexts keep their particles
+                    p.copy_(torch.where(move.view(-1, 1, 1), p, held))
             refined = p.detach()
         full = fallback.detach().clone()
         full[todo] = refined

@@ -407,7 +407,8 @@ class PFNTransformer(nn.Module):
                            constant_mean=c.gp_constant_mean,
                            init_particles=gp_init,
                            min_noise=c.gp_min_noise,
-                           steps_per_ratio=c.gp_refine_steps_per_ratio)  # fmt: skip
+                           steps_per_ratio=c.gp_refine_steps_per_ratio,
+                           warm_tol=c.gp_refine_warm_tol)  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:

@@ -354,6 +354,56 @@ def test_steps_per_ratio_stops_each_context_after_its_own_budget():
     torch.testing.assert_close(warm.theta, warm_plain.theta, rtol=0.0, atol=0.0)
 
 
+def test_warm_tol_stops_stationary_warm_starts_per_context():
+    # a warm start whose gradient per observation is below warm_tol keeps its particles
+    # (Adam's first step would move each parameter by about its learning rate); the
+    # others take their steps as without the tolerance; fresh fits ignore it
+    X, Y, _ = _data(n=12, b=2)
+    token = torch.randn(2, 8, dtype=torch.float64)
+    head = _refining_head()
+    converged = head.fit(token, X, Y, refine_steps=400, refine_min_context=5).theta
+    proposed = head.fit(token, X, Y).theta
+    start = torch.stack([converged[0], proposed[1]])  # context 0 stationary, 1 not
+
+    def slope(theta):  # `b`: the largest |d lml / d theta| per observation
+        with torch.no_grad():
+            grad = head._condition(theta, X.double(), Y.squeeze(-1), torch.ones(2, 12),
+                                   None, False, with_grad=True)[2]  # fmt: skip
+        return (grad / 12.0).abs().amax((-2, -1))
+
+    tol = float(slope(start)[0]) * 1.01
+    assert float(slope(start)[1]) > 10 * tol
+    warm = head.fit(token, X, Y, 6, 5, init_particles=start, warm_tol=tol)
+    plain = head.fit(token, X, Y, 6, 5, init_particles=start)
+    torch.testing.assert_close(warm.theta[0], start[0], rtol=0.0, atol=0.0)
+    assert not torch.allclose(plain.theta[0], start[0])
+    torch.testing.assert_close(warm.theta[1], plain.theta[1], rtol=1e-9, atol=1e-10)
+    # every context stationary: no step at all; a fresh fit takes all its steps
+    still = head.fit(token, X, Y, 6, 5, init_particles=start, warm_tol=1e6)
+    torch.testing.assert_close(still.theta, start, rtol=0.0, atol=0.0)
+    fresh = head.fit(token, X, Y, 6, 5, warm_tol=1e6)
+    torch.testing.assert_close(fresh.theta, head.fit(token, X, Y, 6, 5).theta, rtol=0.0, atol=0.0)
+
+
+def test_warm_tol_is_a_recorded_inference_setting():
+    net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
+                     gp_head=True, gp_particles=2, gp_refine_steps=30,
+                     gp_refine_min_context=5)  # fmt: skip
+    base = net.config
+    on = base.replace(gp_refine_warm_tol=0.05)
+    assert on.to_dict()["gp_refine_warm_tol"] == 0.05
+    assert "gp_refine_warm_tol" not in base.to_dict()
+    assert on.architecture() == base.architecture()
+    with pytest.raises(ValueError, match="gp_refine_warm_tol"):
+        base.replace(gp_refine_warm_tol=-1.0)
+    X, Y, _ = _data(n=9, d=3, b=1)
+    net.config = on
+    first = net.encode_context(X[0].float(), Y[0].float()).gp_fit.theta
+    net.config = on.replace(gp_refine_warm_tol=1e6)
+    again = net.encode_context(X[0].float(), Y[0].float(), gp_init=first).gp_fit.theta
+    torch.testing.assert_close(again, first, rtol=0.0, atol=0.0)
+
+
 def test_steps_per_ratio_is_a_recorded_inference_setting():
     net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
                      gp_head=True, gp_particles=2, gp_refine_steps=30,
