@@ -8,9 +8,15 @@ the median time of one LogEI value + gradient on 512 points with the cached cont
 network with a GP head both with the refinement (as shipped) and without it; pass a second
 checkpoint (``--compare``, e.g. the stage-5 files from git) to time it in the same run.
 
+``--warm-chain`` times instead what a BO loop pays per iteration: the warm-started encode of
+`n` rows from the previous iteration's model at the end of a chain of warm-started fits
+(one row added each, Hartmann-6 at random points), with the shipped
+``gp_refine_warm_tol`` and with 0 (always ``gp_refine_warm_steps`` steps), interleaved.
+
 Usage::
 
     .venv/bin/python benchmarks/gp_head_cost.py [--checkpoint PATH] [--compare PATH]
+    .venv/bin/python benchmarks/gp_head_cost.py --warm-chain [--ns 50 100 200]
 """
 
 from __future__ import annotations
@@ -52,6 +58,57 @@ def time_network(net, label: str, ns, d: int = 6, points: int = 512) -> None:
               f"{1000 * calls[len(calls) // 2]:.0f} ms |", flush=True)
 
 
+def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
+    r"""Warm encodes along a chain of BO-like fits, for the shipped warm tolerance and 0."""
+    import statistics
+    import warnings
+
+    import torch
+    from botorch.test_functions import Hartmann
+    from botorch_community.models.prior_fitted_network import PFNModel
+    from botorch_community.pfn import gp_head
+
+    f, shipped = Hartmann(dim=6, negate=True), net.config
+    tols = [shipped.gp_refine_warm_tol, 0.0]
+    conds = []
+    inner = gp_head.GPHead._condition
+
+    def counted(self, *a, **k):  # refinement steps (conditionings with gradients)
+        conds[-1] += bool(k.get("with_grad"))
+        return inner(self, *a, **k)
+
+    print(f"| n | warm encode, gp_refine_warm_tol = {tols[0]:g} | steps | with 0 | steps | "
+          "ratio |\n|---|---|---|---|---|---|")
+    gp_head.GPHead._condition = counted
+    try:
+        for n in ns:
+            X = torch.rand(n + timed, 6, generator=torch.Generator().manual_seed(n),
+                           dtype=torch.float64)
+            Y = f(X).unsqueeze(-1)
+            out = {t: ([], []) for t in tols}
+            for tol in tols:  # each its own chain: n - chain rows fresh, then warm fits
+                net.config = shipped.replace(gp_refine_warm_tol=tol)
+                prev = None
+                for m in range(n - chain, n + timed):
+                    conds.append(0)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        t = time.perf_counter()
+                        prev = PFNModel(X[:m], Y[:m], model=net, warm_start=prev)
+                        prev.posterior(X[:1])
+                        dt = time.perf_counter() - t
+                    if m >= n:
+                        out[tol][0].append(dt)
+                        out[tol][1].append(conds[-1])
+            (a, sa), (b, sb) = out[tols[0]], out[0.0]
+            ma, mb = statistics.median(a), statistics.median(b)
+            print(f"| {n}-{n + timed - 1} | {1000 * ma:.0f} ms | {statistics.mean(sa):.1f} | "
+                  f"{1000 * mb:.0f} ms | {statistics.mean(sb):.1f} | {ma / mb:.2f}x |", flush=True)
+    finally:
+        gp_head.GPHead._condition = inner
+        net.config = shipped
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,9 +116,15 @@ def main() -> None:
     p.add_argument("--compare", default=None, help="a second checkpoint to time alongside")
     p.add_argument("--ns", type=int, nargs="+", default=[10, 50, 200])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warm-chain", action="store_true",
+                   help="time warm-started encodes along a BO-like chain of fits")
     args = p.parse_args()
     C.set_threads(args.threads)
     from botorch_community.pfn import load_pretrained
+
+    if args.warm_chain:
+        time_warm_chain(load_pretrained(args.checkpoint), args.ns)
+        return
 
     print("| network | n | encode + fit | LogEI value + grad, 512 points |\n|---|---|---|---|")
     net = load_pretrained(args.checkpoint)

@@ -161,6 +161,32 @@ def test_model_moves_inputs_to_the_network_device():
     torch.testing.assert_close(post.probabilities.cpu(), ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gp_head_posteriors_follow_cuda_data():
+    # the shipped network is loaded on the data's device; a CPU network with a GP head
+    # serves CUDA data (its fit stays with the network, the mixture comes back to the
+    # data's device), cached and uncached
+    X, Y = _data(dtype=torch.float64)
+    x = torch.rand(4, 2, X.shape[-1], dtype=torch.float64)
+    ref = PFNModel(X, Y).posterior(x)
+    model = PFNModel(X.cuda(), Y.cuda())
+    assert model.pfn.x_encoder.weight.device.type == "cuda"
+    post = model.posterior(x.cuda())
+    assert post.mean.device.type == "cuda"
+    torch.testing.assert_close(post.mean.cpu(), ref.mean, atol=1e-4, rtol=1e-4)
+    net = random_pfn(**TINY, gp_head=True, gp_refine_steps=5, gp_refine_min_context=4)
+    ref = PFNModel(X, Y, model=net).posterior(x).mean
+    model = PFNModel(X.cuda(), Y.cuda(), model=net)
+    for cached in (False, True):
+        if cached:
+            with model.cache_training_context():
+                mean = model.posterior(x.cuda()).mean
+        else:
+            mean = model.posterior(x.cuda()).mean
+        assert mean.device.type == "cuda"
+        torch.testing.assert_close(mean.cpu(), ref, atol=1e-6, rtol=1e-6)
+
+
 # =========================================================================== values
 @pytest.mark.parametrize(
     "where, value, match",

@@ -6,7 +6,8 @@ Usage::
 
     PYTHONPATH=$PWD .venv/bin/python tools/promote_default.py runs/default_gp/model \
         --stage '{"stage": "fine-tune 7", "config": "configs/default_gp.json", ...}' \
-        [--config-set gp_refine_steps=30] [--description TEXT] [--name default_highd]
+        [--config-set gp_refine_steps=30] [--description TEXT] [--name default_highd] \
+        [--from-scratch]
 
 The stage record gets the run's step count and training seconds (from the checkpoint's
 ``train_state.json`` next to it) unless given; the totals are updated. ``--config-set``
@@ -39,15 +40,20 @@ def main() -> None:
     p.add_argument("--description", default=None, help="new metadata description")
     p.add_argument("--config-set", action="append", default=[], metavar="KEY=VALUE",
                    help="set an architecture config value (JSON), e.g. gp_refine_steps=30")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="the checkpoint was trained from scratch, not from the shipped "
+                   "network: its stage starts a new lineage (the old description is kept "
+                   "unless --description is given)")
     p.add_argument("--name", default="default", choices=sorted(BUILTIN_NETWORKS),
                    help="which shipped network to replace (default_highd: the one for d > 18)")
     args = p.parse_args()
 
     target = BUILTIN_NETWORKS[args.name]
+    meta = {}  # the first network of this name (or one from scratch): its lineage starts here
     if target.with_suffix(".safetensors").exists():
         meta = copy.deepcopy(load_pretrained(target).checkpoint_metadata)
-    else:  # the first network of this name: its lineage starts here
-        meta = {}
+        if args.from_scratch:
+            meta = {k: v for k, v in meta.items() if k == "description"}
     net = load_pretrained(args.checkpoint)
     run_meta = net.checkpoint_metadata
     if args.config_set:

@@ -215,7 +215,8 @@ class PFNModel(Model):
                 proposals: the encode costs about a fifth at n = 100-200.
         """
         super().__init__()
-        network = _as_network(model, checkpoint_url, dim=train_X.shape[-1])
+        # the shipped network (or a checkpoint) is loaded where the data lives
+        network = _as_network(model, checkpoint_url, train_X.device, dim=train_X.shape[-1])
         self._validate_training_data(train_X, train_Y, network)
         if train_Yvar is not None:
             self._validate_train_Yvar(train_Yvar, train_Y)

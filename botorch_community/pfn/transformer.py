@@ -548,8 +548,8 @@ class PFNTransformer(nn.Module):
         _, fit, qX, batch_shape = self._reference_pass(train_X, train_Y, test_X, train_Yvar, gp_init)
         if fit is None:
             raise ValueError(_NO_GP_FIT)
-        mix = self.gp.mixture(fit, qX, observation_noise)
-        return GPMixture(*(t.reshape(*batch_shape, *t.shape[-2:]) for t in mix))
+        mix = self.gp.mixture(fit, qX, observation_noise)  # on the network's device
+        return GPMixture(*(t.reshape(*batch_shape, *t.shape[-2:]).to(test_X.device) for t in mix))
 
     def _training_nll(
         self, h: Tensor, fit: Optional[GPFit], query_X: Tensor, test_Y: Tensor
@@ -853,6 +853,8 @@ class PFNTransformer(nn.Module):
         # not cast to the network's dtype: the head's algebra is float64, and float64
         # candidates must not be rounded (L-BFGS-B would see float32 steps)
         qX, restore = to_cache_layout(test_X, kv_cache.batch_shape)  # `Bc x M x d`
+        # the head's fit lives with the network (a CPU network may serve CUDA inputs)
+        qX = qX.to(kv_cache.context_X.device)
         M, chunk = qX.shape[-2], PREDICT_CHUNK_QUERIES
         if M > chunk and not (torch.is_grad_enabled() and test_X.requires_grad):
             parts = [self.gp.mixture(kv_cache.gp_fit, qX[:, i : i + chunk], observation_noise)
@@ -860,7 +862,7 @@ class PFNTransformer(nn.Module):
             mix = GPMixture(*(torch.cat(f, dim=-2) for f in zip(*parts)))
         else:
             mix = self.gp.mixture(kv_cache.gp_fit, qX, observation_noise)
-        return GPMixture(*(restore(t) for t in mix))
+        return GPMixture(*(restore(t).to(test_X.device) for t in mix))
 
     def _predict_queries(
         self,
