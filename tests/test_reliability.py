@@ -187,6 +187,29 @@ def test_gp_head_posteriors_follow_cuda_data():
         torch.testing.assert_close(mean.cpu(), ref, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_joint_draws_on_cuda_equal_the_cpus():
+    # q = 3 joint draws of the shipped network's GP mixture (one einsum over the batch)
+    # and their gradients in the candidates: CUDA against CPU, same base samples
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(30, 4, generator=g, dtype=torch.float64)
+    Y = X.sin().sum(-1, keepdim=True) - (X - 0.3).pow(2).sum(-1, keepdim=True)
+    xq = torch.rand(7, 3, 4, generator=g, dtype=torch.float64)
+    base = torch.randn(256, 7, 3, 1, generator=g, dtype=torch.float64)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        model = PFNModel(X.to(dev), Y.to(dev))
+        x = xq.to(dev).clone().requires_grad_(True)
+        with model.cache_training_context():
+            post = model.posterior(x)
+            assert post.covariances is not None  # joint over the q points
+            draws = post.rsample_from_base_samples(torch.Size([256]), base.to(dev))
+            draws.sum().backward()
+        out[dev] = (draws.detach().cpu(), x.grad.cpu())
+    torch.testing.assert_close(out["cuda"][0], out["cpu"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["cuda"][1], out["cpu"][1], atol=1e-4, rtol=1e-5)
+
+
 # =========================================================================== values
 @pytest.mark.parametrize(
     "where, value, match",
