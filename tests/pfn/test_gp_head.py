@@ -386,16 +386,8 @@ def test_warm_tol_stops_stationary_warm_starts_per_context():
 
 
 def test_warm_tol_is_a_recorded_inference_setting():
-    net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
-                     gp_head=True, gp_particles=2, gp_refine_steps=30,
-                     gp_refine_min_context=5)  # fmt: skip
-    base = net.config
-    on = base.replace(gp_refine_warm_tol=0.05)
-    assert on.to_dict()["gp_refine_warm_tol"] == 0.05
-    assert "gp_refine_warm_tol" not in base.to_dict()
-    assert on.architecture() == base.architecture()
-    with pytest.raises(ValueError, match="gp_refine_warm_tol"):
-        base.replace(gp_refine_warm_tol=-1.0)
+    net, base, on = _setting_net("gp_refine_warm_tol", 0.05, gp_refine_steps=30,
+                                 gp_refine_min_context=5)  # fmt: skip
     X, Y, _ = _data(n=9, d=3, b=1)
     net.config = on
     first = net.encode_context(X[0].float(), Y[0].float()).gp_fit.theta
@@ -404,24 +396,33 @@ def test_warm_tol_is_a_recorded_inference_setting():
     torch.testing.assert_close(again, first, rtol=0.0, atol=0.0)
 
 
+def _setting_net(name, value, num_features=4, **kw):
+    r"""`(net, base, on)`: a tiny refining network, its config and the config with the
+    inference setting `name = value`, checked to be recorded only while on, to leave the
+    architecture alone and to reject a negative value."""
+    net = random_pfn(num_features=num_features, emsize=16, nlayers=1, nhead=2, nhid=16,
+                     gp_head=True, gp_particles=2, **kw)  # fmt: skip
+    base = net.config
+    on = base.replace(**{name: value})
+    assert on.to_dict()[name] == value and name not in base.to_dict()
+    assert on.architecture() == base.architecture()
+    with pytest.raises(ValueError, match=name):
+        base.replace(**{name: -1.0})
+    return net, base, on
+
+
 def test_steps_per_ratio_is_a_recorded_inference_setting():
-    net = random_pfn(num_features=4, emsize=16, nlayers=1, nhead=2, nhid=16,
-                     gp_head=True, gp_particles=2, gp_refine_steps=30,
-                     gp_refine_min_context=5)  # fmt: skip
+    # 9 targets in 3 d at a ratio of 2: 6 steps
+    net, base, early = _setting_net("gp_refine_steps_per_ratio", 2.0, gp_refine_steps=30,
+                                    gp_refine_min_context=5)  # fmt: skip
     X, Y, _ = _data(n=9, d=3, b=1)
 
     def theta(config):
         net.config = config
         return net.encode_context(X[0].float(), Y[0].float()).gp_fit.theta
 
-    base = net.config
-    early = base.replace(gp_refine_steps_per_ratio=2.0)  # 9 targets in 3 d: 6 steps
-    assert early.to_dict()["gp_refine_steps_per_ratio"] == 2.0
-    assert "gp_refine_steps_per_ratio" not in base.to_dict()
     torch.testing.assert_close(theta(early), theta(base.replace(gp_refine_steps=6)))
     assert not torch.allclose(theta(early), theta(base))
-    with pytest.raises(ValueError, match="gp_refine_steps_per_ratio"):
-        base.replace(gp_refine_steps_per_ratio=-1.0)
 
 
 def test_min_noise_floors_the_particles_inferred_noise():
@@ -453,13 +454,8 @@ def test_min_noise_floors_the_particles_inferred_noise():
 def test_refinement_starts_per_dimension_below_the_min_context():
     # gp_refine_start_per_dim = 3: a d-dimensional context is refined from
     # max(5, 3 d) observed targets where that is below gp_refine_min_context (20)
-    net = random_pfn(num_features=12, emsize=16, nlayers=1, nhead=2, nhid=16,
-                     gp_head=True, gp_particles=2, gp_refine_steps=5,
-                     gp_refine_min_context=20)  # fmt: skip
-    base = net.config
-    early = base.replace(gp_refine_start_per_dim=3.0)
-    assert early.to_dict()["gp_refine_start_per_dim"] == 3.0
-    assert "gp_refine_start_per_dim" not in base.to_dict()
+    net, base, early = _setting_net("gp_refine_start_per_dim", 3.0, num_features=12,
+                                    gp_refine_steps=5, gp_refine_min_context=20)  # fmt: skip
 
     def refined(config, n, d):
         X, Y, _ = _data(n=n, d=d, b=1)
