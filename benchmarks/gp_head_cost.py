@@ -89,7 +89,7 @@ def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
             for tol in tols:  # each its own chain: n - chain rows fresh, then warm fits
                 net.config = shipped.replace(gp_refine_warm_tol=tol)
                 prev = None
-                for m in range(n - chain, n + timed):
+                for m in range(max(1, n - chain), n + timed):
                     conds.append(0)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
