@@ -412,6 +412,7 @@ class GPHead(nn.Module):
             observed = (~torch.isnan(y)).to(f64)
             y = torch.nan_to_num(y, nan=0.0)
             known = None if known_noise is None else known_noise.to(f64).reshape(b, n)
+            conditioned = None  # `(parts, lml)` of `theta` on the context, once computed
             if refine_steps > 0 and not self.training:
                 start = theta
                 if init_particles is not None:
@@ -422,16 +423,17 @@ class GPHead(nn.Module):
                             "x (d + 2)): a warm start needs the same batch, d and network."
                         )
                     start = init_particles.to(theta).detach()
-                theta = self._refine(start, X, y, observed, refine_steps, refine_min_context,
-                                     refine_max_rows, known, constant_mean, fallback=theta,
-                                     min_noise=min_noise,
-                                     steps_per_ratio=0.0 if init_particles is not None
-                                     else steps_per_ratio,
-                                     stop_tol=warm_tol if init_particles is not None
-                                     else 0.0)  # fmt: skip
-            (Z, inv_ls, os, noise, L, alpha, mean), lml = self._condition(
-                theta, X, y, observed, known, constant_mean, min_noise=min_noise
-            )
+                theta, conditioned = self._refine(
+                    start, X, y, observed, refine_steps, refine_min_context, refine_max_rows,
+                    known, constant_mean, fallback=theta, min_noise=min_noise,
+                    steps_per_ratio=0.0 if init_particles is not None else steps_per_ratio,
+                    stop_tol=warm_tol if init_particles is not None else 0.0,
+                )
+            if conditioned is None:
+                conditioned = self._condition(
+                    theta, X, y, observed, known, constant_mean, min_noise=min_noise
+                )
+            (Z, inv_ls, os, noise, L, alpha, mean), lml = conditioned
             if known is not None:
                 # new observations: the median known noise where every observed row's is known
                 obs_known = torch.where(observed > 0, ~torch.isnan(known), True).all(-1)
@@ -614,7 +616,7 @@ class GPHead(nn.Module):
         min_noise: float = GP_MIN_NOISE,
         steps_per_ratio: float = 0.0,
         stop_tol: float = 0.0,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Optional[tuple]]:
         r"""`steps` Adam steps of ascent on each particle's log marginal
         likelihood per observation, for the contexts with at least
         `min_context` observed targets (the others keep `theta`).
@@ -646,13 +648,18 @@ class GPHead(nn.Module):
 
         Returns:
             `b x J x (d + 2)`: the refined particles (detached from the network) where
-            refined, `fallback` elsewhere.
+            refined, `fallback` elsewhere; and the refined particles' conditioning on
+            the context (:meth:`_condition`'s `(parts, lml)`) where the ascent ended at
+            the stationarity check of `stop_tol` with every context refined on all its
+            rows and no input needs gradients (the check has just computed it: a
+            warm start that is already stationary then costs one conditioning, not
+            two), else None.
         """
         fallback = theta if fallback is None else fallback
         n_obs = observed.sum(-1)  # `b`
         todo = n_obs >= min_context
         if not bool(todo.any()):
-            return fallback
+            return fallback, None
         # A graph of its own, even under no_grad or inference_mode (posterior calls).
         with torch.inference_mode(False), torch.enable_grad():
             # the refined particles are constants of the context for gradients (as a
@@ -672,18 +679,25 @@ class GPHead(nn.Module):
                 budget = (steps_per_ratio * m / X.shape[-1]).ceil()
                 budget = budget.clamp(min(REFINE_MIN_STEPS, steps), steps)
                 steps = int(budget.max())  # one host sync per fit
+            # the check's conditioning is the fit's where it covers the whole context
+            # and nothing needs gradients through the context (it runs detached)
+            whole = (bool(todo.all()) and Xr.shape[-2] == X.shape[-2]
+                     and not any(t is not None and t.requires_grad
+                                 for t in (X, y, observed, known_noise)))  # fmt: skip
             p = theta[todo].detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([p], lr=REFINE_LR, eps=1e-4)
             done = None  # `b'`: contexts whose ascent has stopped (see `stop_tol`)
             for i in range(steps):
                 with torch.no_grad():  # closed-form gradient (see _condition)
-                    grad = self._condition(p, Xr, yr, obs, kn, constant_mean, with_grad=True,
-                                           min_noise=min_noise)[2]
+                    parts, lml, grad = self._condition(p, Xr, yr, obs, kn, constant_mean,
+                                                       with_grad=True, min_noise=min_noise)
                 p.grad = -grad / per_obs.unsqueeze(-1)  # ascent on lml per observation
                 if stop_tol > 0:  # stationary: no raw parameter's slope reaches stop_tol
                     small = p.grad.abs().amax((-2, -1)) < stop_tol  # `b'`
                     done = small if done is None else done | small
                     if bool(done.all()):  # one host sync per step
+                        if whole:  # `p` has not moved since `parts`
+                            return p.detach(), (parts, lml)
                         break
                 move = None if budget is None else budget > i  # `b'`
                 if done is not None:
@@ -698,7 +712,7 @@ class GPHead(nn.Module):
             refined = p.detach()
         full = fallback.detach().clone()
         full[todo] = refined
-        return torch.where(todo.view(-1, 1, 1), full, fallback)
+        return torch.where(todo.view(-1, 1, 1), full, fallback), None
 
     def _is_matern(self, device: torch.device) -> Tensor:
         return (torch.arange(self.particles, device=device) % 2 == 0).view(1, -1, 1, 1)

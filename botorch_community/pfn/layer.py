@@ -127,7 +127,7 @@ class PFNLayer(nn.Module):
                 self.metric_proj.bias.copy_(base.repeat_interleave(metric_features))
             self.metric_gate = nn.Parameter(torch.zeros(nhead))
 
-    def metric_bias(self, z: Tensor, sqdist: SqDist) -> Tensor:
+    def metric_bias(self, z: Tensor, sqdist: SqDist, token_row: bool = False) -> Tensor:
         r"""The distance term of the attention logits.
 
         .. math::
@@ -141,7 +141,16 @@ class PFNLayer(nn.Module):
         row's distance keeps the context token on the same footing as the nearest row;
         the soft minimum (`tau = 0.01`, within `tau log n` of the minimum) keeps the
         logits smooth in the test inputs where the nearest row changes (the kink of a
-        hard minimum made L-BFGS line searches fail).
+        hard minimum made L-BFGS line searches fail). With `D_min = min_k D(q, k)`,
+
+        .. math::
+            b_h(q, k) = -g_h \big(D_h(q, k) - D_{min} + \tau \log \textstyle\sum_{k'}
+                e^{-(D_h(q, k') - D_{min}) / \tau}\big),
+
+        where terms below `e^{-80}` are dropped (equal to round-off; no denormal `exp`,
+        whose slow path was a tenth of an encode). The `q x n` terms are built in few
+        passes (in place where nothing needs their gradient): at `n = 1000` they were
+        half of an encode.
 
         Args:
             z: `B x q x e` normalised query states (rows with inputs only).
@@ -149,9 +158,12 @@ class PFNLayer(nn.Module):
                 `n` context rows, `d <= metric_features`; or the pair of inputs
                 `(B x q x d, B x n x d)` for the expanded form (see
                 :func:`expanded_metric_dist`).
+            token_row: Prepend a zero query row (the context token's, which has no
+                inputs): `B x nhead x (q + 1) x (n + 1)`.
 
         Returns:
-            `B x nhead x q x (n + 1)` logit offsets, in float32 or wider.
+            `B x nhead x q x (n + 1)` logit offsets (`q + 1` rows with `token_row`), in
+            float32 or wider.
         """
         expanded = isinstance(sqdist, tuple)
         ref = sqdist[0] if expanded else sqdist
@@ -163,11 +175,31 @@ class PFNLayer(nn.Module):
             log_s = torch.einsum("bqe,hde->bqhd", z.to(dt), w) + c  # `B x q x nhead x d`
             s = log_s.clamp(-12.0, 14.0).exp()
             dist = scaled_sqdist(s, sqdist)  # `B x nhead x q x n`
-            if n > 0:  # subtract a soft minimum over the context rows
-                t = METRIC_SOFTMIN_TEMPERATURE
-                dist = dist + t * _logsumexp_no_denormals(-dist / t)
-            bias = F.pad(-dist, (1, 0))  # the context token (key 0) gets 0
-            return bias * self.metric_gate.to(dt).view(-1, 1, 1)
+            neg_gate = -self.metric_gate.to(dt).view(-1, 1, 1)  # `nhead x 1 x 1`
+            pad = (1, 0, 1 if token_row else 0, 0)  # key 0 (and query row 0): no term
+            if n == 0:
+                return F.pad(dist * neg_gate, pad)
+            t = METRIC_SOFTMIN_TEMPERATURE
+            d_min = dist.detach().amin(-1, keepdim=True)  # any constant is exact
+            d_min = torch.where(torch.isfinite(d_min), d_min, torch.zeros_like(d_min))
+            if dist.requires_grad:
+                u = dist - d_min  # `B x nhead x q x n`, >= 0
+                terms = (u * (-1.0 / t)).clamp_min(-80.0).exp()
+                log_sum = terms.sum(-1, keepdim=True).log()  # `B x nhead x q x 1`
+                # -g (u + t log S), in one pass
+                return F.pad(torch.addcmul(neg_gate * t * log_sum, u, neg_gate), pad)
+            # nothing needs gradients (the encode): write u into the padded result and
+            # reuse `dist`'s buffer for the terms (fresh buffers of this size cost more
+            # in page faults than the arithmetic)
+            B, H, q = dist.shape[:3]
+            out = dist.new_empty(B, H, q + pad[2], n + 1)
+            out[..., 0] = 0.0
+            out[:, :, : pad[2]] = 0.0
+            u = torch.sub(dist, d_min, out=out[:, :, pad[2]:, 1:])
+            terms = torch.mul(u, -1.0 / t, out=dist).clamp_min_(-80.0).exp_()
+            log_sum = terms.sum(-1, keepdim=True).log()
+            u.mul_(neg_gate).add_(neg_gate * t * log_sum)
+            return out
 
     def _split_heads(self, t: Tensor) -> Tensor:
         # `B x L x e` -> `B x nhead x L x head_dim`
@@ -217,22 +249,9 @@ class PFNLayer(nn.Module):
         drop = self.dropout if self.training else 0.0
         bias = None
         if self.metric_features > 0 and sqdist is not None:
-            bias = self.metric_bias(z[:, 1:] if token_row else z, sqdist)
-            if token_row:
-                bias = F.pad(bias, (0, 0, 1, 0))  # the context token's query: no term
+            bias = self.metric_bias(z[:, 1:] if token_row else z, sqdist, token_row)
             bias = bias.to(q.dtype)
         a = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, dropout_p=drop)
         a = a.transpose(-3, -2).flatten(-2)  # `B x m x e`
         h = h + F.dropout(self.out_proj(a), drop, self.training)
         return h + F.dropout(self.mlp(self.norm_mlp(h)), drop, self.training)
-
-
-def _logsumexp_no_denormals(x: Tensor) -> Tensor:
-    r"""`logsumexp` over the last dim, `... x 1`, with terms below `exp(-80)` of the
-    largest dropped: equal to round-off, but no `exp` of arguments below about -708,
-    whose denormal results take the CPU's slow path (at `tau = 0.01` most rows of a
-    context are that far: it was a tenth of an encode)."""
-    m = x.amax(-1, keepdim=True).detach()  # any constant is exact; detached: no NaN paths
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return (x - m).clamp_min(-80.0).exp().sum(-1, keepdim=True).log() + m
-

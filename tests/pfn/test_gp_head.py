@@ -385,6 +385,26 @@ def test_warm_tol_stops_stationary_warm_starts_per_context():
     torch.testing.assert_close(fresh.theta, head.fit(token, X, Y, 6, 5).theta, rtol=0.0, atol=0.0)
 
 
+def test_stationary_warm_start_reuses_the_checks_conditioning():
+    # a warm start that stops at the stationarity check takes its fit from the check's
+    # conditioning: the same fit as conditioning again (which it does where the context
+    # needs gradients, e.g. MultivariatePFNModel's extended contexts), and gradients
+    # still flow through the context there
+    X, Y, _ = _data(n=12, b=2)
+    Y[1, 3] = float("nan")  # a missing target: masked rows in both conditionings
+    token = torch.randn(2, 8, dtype=torch.float64)
+    head = _refining_head()
+    start = head.fit(token, X, Y, refine_steps=400, refine_min_context=5).theta
+    reused = head.fit(token, X, Y, 6, 5, init_particles=start, warm_tol=1e6)
+    X_grad = X.clone().requires_grad_(True)
+    again = head.fit(token, X_grad, Y, 6, 5, init_particles=start, warm_tol=1e6)
+    for name in ("L", "alpha", "log_weights", "mean", "noise", "outputscale", "Z", "theta"):
+        torch.testing.assert_close(getattr(reused, name), getattr(again, name).detach(),
+                                   rtol=1e-12, atol=1e-12, msg=name)  # fmt: skip
+    (g,) = torch.autograd.grad(again.alpha.sum(), X_grad)
+    assert g.abs().sum() > 0
+
+
 def test_warm_tol_is_a_recorded_inference_setting():
     net, base, on = _setting_net("gp_refine_warm_tol", 0.05, gp_refine_steps=30,
                                  gp_refine_min_context=5)  # fmt: skip
