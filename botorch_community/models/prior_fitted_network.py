@@ -461,8 +461,8 @@ class PFNModel(Model):
             warnings.warn(
                 f"{n} training rows exceed the {network.max_context} rows this network "
                 "was trained on: its predictions there are unmeasured, and encoding "
-                "them takes seconds (one CPU thread: about 2 s at n = 1000, growing "
-                "about cubically). To stay within what it was trained on, keep a "
+                "them takes long (one CPU thread: about 1 s at n = 1000, growing "
+                "faster than n squared). To stay within what it was trained on, keep a "
                 "selection: `idx = select_context_rows(train_X, train_Y, "
                 f"{network.max_context})` (botorch_community.models.context_selection: "
                 "the best, the most recent and a space-filling spread of the rest), "
