@@ -194,12 +194,17 @@ def _matern52(r2: Tensor) -> Tensor:
     if r2.requires_grad:
         r = (r2.clamp_min(1e-30) * 5.0).sqrt()  # finite gradients at r2 = 0
         return (torch.addcmul(r, r, r, value=1.0 / 3.0) + 1.0) * torch.exp(-r)
-    # no graph (encodes): the same operations in three buffers instead of eight (at
-    # n = 1000 each pass over the `b x J x n x n` kernel costs more in page faults
-    # than in arithmetic)
+    return _matern52_in_place(r2)[0]
+
+
+def _matern52_in_place(r2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""`(k, r, e^{-r})` of Matérn-5/2 without a graph (encodes, the refinement): the same
+    operations as :func:`_matern52`'s graph path (equal values) in three buffers instead
+    of eight (at n = 1000 each pass over the `b x J x n x n` kernel costs more in page
+    faults than in arithmetic); `r` and `e^{-r}` are the caller's to reuse."""
     r = r2.clamp_min(1e-30).mul_(5.0).sqrt_()
     e = torch.neg(r).exp_()
-    return torch.addcmul(r, r, r, value=1.0 / 3.0).add_(1.0).mul_(e)
+    return torch.addcmul(r, r, r, value=1.0 / 3.0).add_(1.0).mul_(e), r, e
 
 
 def _by_kernel(
@@ -254,9 +259,7 @@ def unit_kernel(r2: Tensor, matern: Tensor, matern_count: Optional[int] = None) 
 
 
 def _matern52_and_slope(r2: Tensor) -> tuple[Tensor, Tensor]:
-    r = r2.clamp_min(1e-30).mul_(5.0).sqrt_()  # as _matern52 (equal values)
-    e = torch.neg(r).exp_()
-    k = torch.addcmul(r, r, r, value=1.0 / 3.0).add_(1.0).mul_(e)  # (1 + r + r^2 / 3) e^-r
+    k, r, e = _matern52_in_place(r2)
     return k, r.add_(1.0).mul_(e).mul_(-5.0 / 6.0)  # -5/6 (1 + r) e^-r
 
 
