@@ -137,6 +137,29 @@ def timed(fn: Callable[[], Any], device: str) -> float:
     return time.perf_counter() - t0
 
 
+def warm_chain(X, Y, start: int, stop: int, device: str = "cpu", **model_kw):
+    r"""A BO loop's chain of warm-started PFN fits, one row added each: for `m` from `start`
+    to `stop - 1`, the model of the first `m` rows of `X`, `Y` with `warm_start=` the
+    previous one (the first built fresh), encoded by a first posterior call in
+    ``cache_training_context()``. `model_kw` go to ``PFNModel`` (e.g. ``model=``).
+
+    Yields:
+        `(m, model, seconds)`: the model's build and encode time.
+    """
+    import torch
+    from botorch_community.models.prior_fitted_network import PFNModel
+
+    prev = None
+    for m in range(start, stop):
+        sync(device)
+        t0 = time.perf_counter()
+        prev = PFNModel(X[:m], Y[:m], warm_start=prev, **model_kw)
+        with prev.cache_training_context(), torch.no_grad():
+            prev.posterior(X[:1])
+        sync(device)
+        yield m, prev, time.perf_counter() - t0
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 

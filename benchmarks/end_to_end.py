@@ -239,11 +239,10 @@ class Bench:
                 # the previous iteration's model, as a BO loop has it (untimed): the end of
                 # a chain of warm-started fits, one row added per iteration
                 n = X.shape[-2]
-                for m in range(max(1, n - 1 - WARM_CHAIN), n):
-                    warm = PFNModel(X[:m], Y[:m], model=self.net, network_dtype=self.ndt,
-                                    predictive=predictive, warm_start=warm)
-                    with warm.cache_training_context(), torch.no_grad():
-                        warm.posterior(X[:1])
+                for _, warm, _ in C.warm_chain(X, Y, max(1, n - 1 - WARM_CHAIN), n,
+                                               model=self.net, network_dtype=self.ndt,
+                                               predictive=predictive):  # fmt: skip
+                    pass  # keep the last
             with warnings.catch_warnings(record=True) as ws:
                 warnings.simplefilter("always")
                 self._sync()

@@ -65,16 +65,15 @@ def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
 
     import torch
     from botorch.test_functions import Hartmann
-    from botorch_community.models.prior_fitted_network import PFNModel
     from botorch_community.pfn import gp_head
 
     f, shipped = Hartmann(dim=6, negate=True), net.config
     tols = [shipped.gp_refine_warm_tol, 0.0]
-    conds = []
+    steps = [0]  # refinement steps so far (conditionings with gradients)
     inner = gp_head.GPHead._condition
 
-    def counted(self, *a, **k):  # refinement steps (conditionings with gradients)
-        conds[-1] += bool(k.get("with_grad"))
+    def counted(self, *a, **k):
+        steps[0] += bool(k.get("with_grad"))
         return inner(self, *a, **k)
 
     print(f"| n | warm encode, gp_refine_warm_tol = {tols[0]:g} | steps | with 0 | steps | "
@@ -88,18 +87,14 @@ def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
             out = {t: ([], []) for t in tols}
             for tol in tols:  # each its own chain: n - chain rows fresh, then warm fits
                 net.config = shipped.replace(gp_refine_warm_tol=tol)
-                prev = None
-                for m in range(max(1, n - chain), n + timed):
-                    conds.append(0)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        t = time.perf_counter()
-                        prev = PFNModel(X[:m], Y[:m], model=net, warm_start=prev)
-                        prev.posterior(X[:1])
-                        dt = time.perf_counter() - t
-                    if m >= n:
-                        out[tol][0].append(dt)
-                        out[tol][1].append(conds[-1])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    last = steps[0]
+                    for m, _, dt in C.warm_chain(X, Y, max(1, n - chain), n + timed, model=net):
+                        if m >= n:
+                            out[tol][0].append(dt)
+                            out[tol][1].append(steps[0] - last)
+                        last = steps[0]
             (a, sa), (b, sb) = out[tols[0]], out[0.0]
             ma, mb = statistics.median(a), statistics.median(b)
             print(f"| {n}-{n + timed - 1} | {1000 * ma:.0f} ms | {statistics.mean(sa):.1f} | "
