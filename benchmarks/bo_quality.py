@@ -19,6 +19,10 @@ Methods (``--methods``; default ``pfn_logei gp sobol``):
 * ``pfn_logei_noisefree``: ``pfn_logei`` told the noise: ``train_Yvar`` = the problem's
   noise variance (0 for the deterministic problems, ``noise_std**2`` for the noisy ones);
   only differs from ``pfn_logei`` with a network trained with noise hints;
+* ``pfn_logei_pmean``: ``pfn_logei`` with the default incumbent (``best_f`` left out: the
+  best posterior mean at the observed inputs, the plug-in incumbent of noisy EI);
+* ``pfn_qlognei``: the PFN with BoTorch's ``qLogNoisyExpectedImprovement``
+  (``prune_baseline=True``, the GP's acquisition; MC over the GP head's joint draws);
 * ``gp``: ``SingleTaskGP`` (``Standardize``) fitted with ``fit_gpytorch_mll`` +
   ``qLogNoisyExpectedImprovement`` (``prune_baseline=True``);
 * ``sobol``: scrambled Sobol points.
@@ -160,7 +164,8 @@ PROBLEMS.update(HOLDOUT)  # after SUITES: "full" is the suite's 15 above
 PROBLEMS.update(HOLDOUT2)
 PROBLEMS.update(HIGHD)
 METHODS = ["pfn_logei", "gp", "sobol"]
-ALL_METHODS = ["pfn_logei", "pfn_ei", "pfn_logei_noisefree", "gp", "sobol"]
+ALL_METHODS = ["pfn_logei", "pfn_ei", "pfn_logei_noisefree", "pfn_logei_pmean", "pfn_qlognei",
+               "gp", "sobol"]
 # methods of older results files, still shown by the report
 LEGACY_METHODS = ["pfn_logei_bilog", "pfn_logei_ens4"]
 BOUNDARY_TOL = 1e-6
@@ -370,7 +375,12 @@ def run_one(problem_name: str, method: str, seed: int, args, network, pfn_option
             t_fit = time.perf_counter() - t0
             cls = (DiscretizedExpectedImprovement if base == "pfn_ei"
                    else DiscretizedLogExpectedImprovement)
-            acqf = cls(model, best_f=Y.max())
+            if base == "pfn_qlognei":
+                acqf = qLogNoisyExpectedImprovement(model, X_baseline=Xu, prune_baseline=True)
+            elif base == "pfn_logei_pmean":
+                acqf = cls(model)  # best_f: the best posterior mean at the observed inputs
+            else:
+                acqf = cls(model, best_f=Y.max())
             with model.cache_training_context():
                 u, _ = optimize_acqf(acqf, bounds=unit, q=1, num_restarts=args.num_restarts,
                                      raw_samples=args.raw_samples)

@@ -81,3 +81,24 @@ def test_end_to_end_quick(tmp_path):
         if m != "gp":
             assert r["encodings"] == 1 and r["encodings_in_optimize"] == 0, m
     assert "| 20 | 6 | 2x16 | gp |" in out.with_suffix(".md").read_text()
+
+
+def test_lbfgs_calls_quick(tmp_path):
+    # one tiny cell: each restart's L-BFGS-B alone, for the GP and the warm PFN
+    out = tmp_path / "lb"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "lbfgs_calls.py"), "--threads", "1",
+         "--n", "14", "--setting", "2x16", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.with_suffix(".json").read_text())
+    for name, m in r["methods"].items():
+        assert len(m["restarts"]) == 2 and m["optimize_acqf_calls"] > 0, name
+        # each restart's own L-BFGS-B stops at most at the best value found, which the
+        # slowest restart's trace approaches from below
+        assert all(x["value"] <= m["best_value"] for x in m["restarts"])
+        assert all(g <= 1e-12 for g in m["slowest_trace_gap"][-1:])
+    pfn = r["methods"]["pfn_warm"]
+    w = pfn["particle_weights"]
+    assert len(w) == len(pfn["particle_lengthscales"]) == len(pfn["particle_log_marginal_likelihood"])
+    assert abs(sum(w) - 1.0) < 1e-9

@@ -125,12 +125,17 @@ def test_quick_run_variants_and_report(tmp_path):
                "--out", out)
     assert bad.returncode != 0 and "--tag" in bad.stderr + bad.stdout
     # network settings and the warm start: a variant of their own, recorded
-    warm = _run("--methods", "pfn_logei", "--pfn-options", '{"warm_start": true}',
-                "--network-set", "gp_constant_mean=true", "--tag", "warm", "--out", out)
+    # (with the two other incumbents: the posterior mean's and qLogNEI's)
+    warm = _run("--methods", "pfn_logei", "pfn_logei_pmean", "pfn_qlognei", "--pfn-options",
+                '{"warm_start": true}', "--network-set", "gp_constant_mean=true",
+                "--tag", "warm", "--out", out)
     assert warm.returncode == 0, warm.stderr[-2000:]
     recs = [json.loads(line) for line in (tmp_path / "bo.jsonl").read_text().splitlines()]
     w = [r for r in recs if r["method"] == "pfn_logei+warm"]
     assert w and w[0]["network_set"] == {"gp_constant_mean": True}
+    for m in ("pfn_logei_pmean+warm", "pfn_qlognei+warm"):
+        r = next(r for r in recs if r["method"] == m)
+        assert len(r["proposals_unit"]) == r["iterations"] - r["n_init"]
     bad = _run("--methods", "pfn_logei", "--pfn-options", '{"warm_start": true}',
                "--tag", "warm", "--out", out)  # same tag, other network settings
     assert bad.returncode != 0 and "network_set" in bad.stderr + bad.stdout
