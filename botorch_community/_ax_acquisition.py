@@ -26,8 +26,9 @@ while no observed point is feasible. :class:`PFNAcquisition` replaces the noisy 
 It also carries the warm start of the README's loop across Ax's generations: Ax refits
 the same ``Surrogate`` every generation with a new model, so the PFN models' fitted GP
 particles are kept on that surrogate after each generation's optimization
-(``_pfn_fitted_particles``, one entry per PFN submodel) and the next generation's models
-start their refinement from them (:meth:`PFNModel.warm_start_from`).
+(``_pfn_fitted_particles``, one entry per PFN submodel, with their weight logits in
+``_pfn_fitted_prior_logits``) and the next generation's models start their refinement
+from them (:meth:`PFNModel.warm_start_from`).
 
 The noisy variants sample the joint posterior of every observed point with the
 candidates at each call; the plug-in variants take the observed points' posterior means
@@ -223,6 +224,8 @@ class PFNAcquisition(Acquisition):
                 model.observations_at_means = False
         if models:
             self._pfn_surrogate._pfn_fitted_particles = [m.fitted_particles for m in models]
+            self._pfn_surrogate._pfn_fitted_prior_logits = [m.fitted_prior_logits
+                                                            for m in models]  # fmt: skip
         return out
 
     def _construct_botorch_acquisition(
@@ -287,8 +290,9 @@ def _warm_start_models(surrogate: Any) -> None:
     previous = getattr(surrogate, "_pfn_fitted_particles", None)
     if not previous:
         return
-    for model, theta in zip(_pfn_models(surrogate), previous):
+    logits = getattr(surrogate, "_pfn_fitted_prior_logits", None) or [None] * len(previous)
+    for model, theta, prior in zip(_pfn_models(surrogate), previous, logits):
         if theta is None or model._gp_init is not None:
             continue
         if theta.shape[-1] == model.train_X.shape[-1] + 2 and theta.shape[0] == model.ensemble_size:
-            model.warm_start_from(theta)
+            model.warm_start_from(theta, prior)

@@ -671,10 +671,13 @@ def test_generations_warm_start_the_gp_particles(no_gp_fit):
     assert first._gp_init is None
     kept = surrogate._pfn_fitted_particles
     assert len(kept) == 1 and torch.equal(kept[0], first.fitted_particles)
+    (kept_logits,) = surrogate._pfn_fitted_prior_logits  # and their weight logits
+    assert torch.equal(kept_logits.logits, first.fitted_prior_logits.logits)
     run(client, 1, {"f": bowl})  # the second PFN generation
     assert client._generation_strategy.adapter.generator.surrogate is surrogate
     (second,) = pfn_models(client)
     assert second is not first and torch.equal(second._gp_init, kept[0])
+    assert torch.equal(second._gp_init_logits.logits, kept_logits.logits)
     assert not torch.equal(surrogate._pfn_fitted_particles[0], kept[0])  # refit, kept anew
 
 

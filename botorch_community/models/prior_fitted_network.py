@@ -42,7 +42,7 @@ from botorch_community.pfn.symmetries import (
     input_symmetries,
     num_input_symmetries,
 )
-from botorch_community.pfn.gp_head import GPMixture
+from botorch_community.pfn.gp_head import GPMixture, PriorLogits
 from botorch_community.pfn.transformer import PFNTransformer
 from botorch_community.posteriors.gaussian_mixture import (
     GaussianMixtureRiemannPosterior,
@@ -212,7 +212,11 @@ class PFNModel(Model):
                 posterior: the GP head's refinement starts from its fitted particles
                 (:attr:`fitted_particles`) and takes ``gp_refine_warm_steps`` (6)
                 Adam steps instead of ``gp_refine_steps`` (30) from the network's
-                proposals: the encode costs about a fifth at n = 100-200.
+                proposals: the encode costs about a fifth at n = 100-200. With the
+                default predictive it also reuses the warm start's particle weight
+                logits while the context has grown by at most the network's
+                ``gp_reuse_logits_growth`` since its last network pass, and then skips
+                the network pass altogether.
         """
         super().__init__()
         # the shipped network (or a checkpoint) is loaded where the data lives
@@ -286,10 +290,12 @@ class PFNModel(Model):
         self._cache_depth = 0  # nesting level of `cache_training_context()`
         self.num_encodings = 0  # how many times a context was encoded (diagnostics)
         self._fitted_particles: Optional[Tensor] = None  # see `fitted_particles`
+        self._fitted_prior_logits: Optional[PriorLogits] = None  # see `fitted_prior_logits`
         self._gp_init: Optional[Tensor] = None  # where the GP refinement starts
+        self._gp_init_logits: Optional[PriorLogits] = None  # the warm start's logits
         self._gp_borders_memo: Optional[tuple] = None  # see `_checked_gp_borders`
         self._context_memo: Optional[tuple] = None  # see `_context`
-        self.warm_start_from(self._warm_start_particles(warm_start, network))
+        self.warm_start_from(*self._warm_start_state(warm_start, network))
         self._warned_outside_cube = False
         #: Condition also on every observed input as a noise-free row at the predictive
         #: mean there (as pending points are): the latent predictive at the observations
@@ -303,12 +309,13 @@ class PFNModel(Model):
             self._warn_outside_cube(train_X, stacklevel=3)
 
     @staticmethod
-    def _warm_start_particles(
+    def _warm_start_state(
         warm_start: Optional["PFNModel"], network: PFNTransformer
-    ) -> Optional[Tensor]:
-        r"""The fitted particles of `warm_start` (see the argument), or None."""
+    ) -> tuple[Optional[Tensor], Optional[PriorLogits]]:
+        r"""The fitted particles of `warm_start` (see the argument) and their weight
+        logits, or Nones."""
         if warm_start is None:
-            return None
+            return None, None
         if not isinstance(warm_start, PFNModel):
             raise TypeError(
                 f"warm_start must be a PFNModel, got {type(warm_start).__name__}."
@@ -328,16 +335,27 @@ class PFNModel(Model):
                 UserWarning,
                 stacklevel=3,
             )
-        return theta
+            return None, None
+        return theta, warm_start.fitted_prior_logits
 
-    def warm_start_from(self, particles: Optional[Tensor]) -> None:
+    def warm_start_from(
+        self, particles: Optional[Tensor], prior_logits: Optional[PriorLogits] = None
+    ) -> None:
         r"""Start the GP head's refinement from `particles` (another model's
         :attr:`fitted_particles` on the same network and `d`; None: from the network's
         proposals), as the `warm_start` argument does. For integrations that cannot pass
         the previous model at construction (Ax). Drops a held cache.
 
+        Args:
+            particles: `b x J x (d + 2)` raw particles, or None.
+            prior_logits: That model's :attr:`fitted_prior_logits` (with `particles`):
+                reused while this context has grown by at most the network's
+                ``gp_reuse_logits_growth`` since their network pass (then the default
+                predictive needs no network pass).
+
         Raises:
-            ValueError: `particles` are not `b x J x (d + 2)` for this model's `d`.
+            ValueError: `particles` are not `b x J x (d + 2)` for this model's `d`, or
+                `prior_logits` do not match them.
         """
         if particles is not None:
             d = self.train_X.shape[-1]
@@ -347,7 +365,16 @@ class PFNModel(Model):
                     f"to d={particles.shape[-1] - 2} inputs; this model has d={d}."
                 )
             particles = particles.detach().clone()
+        if prior_logits is not None:
+            if particles is None or tuple(prior_logits.logits.shape) != tuple(particles.shape[:2]):
+                raise ValueError(
+                    "prior_logits must come with the particles they were fitted with (a "
+                    "`b x J` logits tensor for `b x J x (d + 2)` particles), got logits of "
+                    f"shape {tuple(prior_logits.logits.shape)}."
+                )
+            prior_logits = PriorLogits(prior_logits.logits.detach().clone(), int(prior_logits.rows))
         self._gp_init = particles
+        self._gp_init_logits = prior_logits
         self.clear_cache()
 
     # ---------------------------------------------------------------- properties
@@ -357,6 +384,24 @@ class PFNModel(Model):
         encode (`b x J x (d + 2)`, `b` the flattened context batch), or None: what
         ``PFNModel(..., warm_start=self)`` starts its refinement from."""
         return self._fitted_particles
+
+    @property
+    def fitted_prior_logits(self) -> Optional[PriorLogits]:
+        r"""The particles' weight logits of the latest cached encode, with the context
+        rows of the network pass they came from (:class:`PriorLogits`), or None: what
+        ``PFNModel(..., warm_start=self)`` may reuse (see :meth:`warm_start_from`)."""
+        return self._fitted_prior_logits
+
+    def _gp_logits(self) -> Optional[PriorLogits]:
+        r"""The warm start's weight logits where this fit reuses them (a single-member
+        model with the GP head's predictive whose context has at most
+        `1 + gp_reuse_logits_growth` times the rows of their network pass), else None
+        (the network's own)."""
+        prior, growth = self._gp_init_logits, self.pfn.config.gp_reuse_logits_growth
+        if (prior is None or self._gp_init is None or growth <= 0 or self.ensemble_size != 1
+                or self.predictive != "gp"):  # fmt: skip
+            return None
+        return prior if self.train_X.shape[-2] <= (1.0 + growth) * prior.rows else None
 
     @property
     def pfn(self) -> PFNTransformer:
@@ -679,7 +724,9 @@ class PFNModel(Model):
             return memo[3]
         gp_borders = self._gp_borders(_Context(ctx_X, ctx_Y, ctx_Yvar, tmap))
         with _eval_mode(self.pfn):
-            cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar, gp_init=self._gp_init)
+            cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar, gp_init=self._gp_init,
+                                       gp_logits=self._gp_logits(),
+                                       network_states=gp_borders is None)  # fmt: skip
             # `n_pending x 1 x d`: each pending point alone (no test-test attention)
             if gp_borders is not None and cache.gp_fit is not None:
                 # the latent function's mean (the row is noise-free), exact: E[h(t)]
@@ -723,24 +770,31 @@ class PFNModel(Model):
         ctx_X: Tensor,
         ctx_Y: Tensor,
         ctx_Yvar: Optional[Tensor] = None,
+        network_states: bool = True,
     ) -> KVCache:
-        r"""The held cache if it was encoded from this context by this network state,
+        r"""The held cache if it was encoded from this context by this network state
+        (and holds the network's keys/values where `network_states` asks for them),
         else a newly encoded one (held).
 
         The model alone decides staleness: it keeps what it encoded the cache from (the
         context's tensors, the network's train/eval mode, and its weights state
         `state`, computed once per posterior call by :meth:`_network_and_state`) next
-        to the cache.
+        to the cache. With `network_states=False` (the GP head's predictive alone) a
+        warm start that reuses its logits skips the network pass
+        (:meth:`PFNTransformer.encode_context`); the fit is the same either way.
         """
         held = self._held_cache(net, state, ctx_X, ctx_Y, ctx_Yvar)
-        if held is not None:
+        if held is not None and (held.has_network_states or not network_states):
             return held
         self._kv_cache = net.encode_context(ctx_X, ctx_Y, train_Yvar=ctx_Yvar,
-                                            gp_init=self._gp_init)  # fmt: skip
+                                            gp_init=self._gp_init,
+                                            gp_logits=self._gp_logits(),
+                                            network_states=network_states)  # fmt: skip
         self._cache_key = _CacheKey.of(net, state, ctx_X, ctx_Y, ctx_Yvar)
         self.num_encodings += 1
         fit = self._kv_cache.gp_fit
         self._fitted_particles = None if fit is None else fit.theta
+        self._fitted_prior_logits = None if fit is None else fit.prior_logits
         return self._kv_cache
 
     def _held_cache(
@@ -906,6 +960,7 @@ class PFNModel(Model):
                     ctx.X.expand(b, *ctx.X.shape), ctx.Y.expand(b, *ctx.Y.shape), X_b,
                     train_Yvar=Yvar,
                     gp_init=self._gp_init,
+                    gp_logits=self._gp_logits(),
                 ).reshape(*X_t.shape[:-1], -1)
                 self.num_encodings += 1
         return logits.to(X), borders
@@ -971,7 +1026,8 @@ class PFNModel(Model):
         with _eval_mode(self.pfn):
             net, state = self._network_and_state()
             if self._caching:
-                cache = self._cached_context(net, state, ctx_X, ctx_Y, ctx_Yvar)
+                cache = self._cached_context(net, state, ctx_X, ctx_Y, ctx_Yvar,
+                                             network_states=False)  # fmt: skip
                 mix = net.predict_gp_mixture(X_b, cache, observation_noise)
             else:
                 # Reference path: the context goes with every test batch element.
@@ -980,11 +1036,16 @@ class PFNModel(Model):
                 expand = lambda t: t.expand(*lead, *t.shape[-2:])  # noqa: E731
                 if init is not None:
                     init = init.expand(*lead, *init.shape[-2:]).reshape(-1, *init.shape[-2:])
+                logits = self._gp_logits()
+                if logits is not None:  # as `init`: one per test batch element
+                    J = logits.logits.shape[-1]
+                    logits = logits._replace(logits=logits.logits.expand(*lead, J).reshape(-1, J))
                 mix = net.gp_mixture(
                     expand(ctx_X), expand(ctx_Y), X_b,
                     train_Yvar=None if ctx_Yvar is None else expand(ctx_Yvar),
                     observation_noise=observation_noise,
                     gp_init=init,
+                    gp_logits=logits,
                 )  # fmt: skip
                 self.num_encodings += 1
         if E > 1:  # `E x N x q x J` -> `N x q x (E J)`
@@ -1114,10 +1175,12 @@ class PFNModel(Model):
         with _eval_mode(self.pfn):
             net, state = self._network_and_state()
             if self._caching:
-                cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar)
+                cache = self._cached_context(net, state, ctx.X, ctx.Y, ctx.Yvar,
+                                             network_states=False)  # fmt: skip
             else:
                 cache = net.encode_context(ctx.X, ctx.Y, train_Yvar=ctx.Yvar,
-                                           gp_init=self._gp_init)  # fmt: skip
+                                           gp_init=self._gp_init, gp_logits=self._gp_logits(),
+                                           network_states=False)  # fmt: skip
                 self.num_encodings += 1
         return cache.gp_fit, X_t
 

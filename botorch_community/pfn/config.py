@@ -33,7 +33,8 @@ _MAX = dict(num_features=1024, emsize=4096, nlayers=64, nhead=64, nhid=16384,
 _NUMBER_RANGES = dict(gp_min_noise=(1e-12, 1.0), gp_refine_min_per_dim=(0.0, 1000.0),
                       gp_refine_start_per_dim=(0.0, 1000.0),
                       gp_refine_steps_per_ratio=(0.0, 1000.0),
-                      gp_refine_warm_tol=(0.0, 1e6))  # fmt: skip
+                      gp_refine_warm_tol=(0.0, 1e6),
+                      gp_reuse_logits_growth=(0.0, 1e6))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,14 @@ class PFNConfig:
             the grown context; Adam's first step moves every parameter by about its
             learning rate whatever the gradient, so the fixed steps cost six
             conditionings to move the fit away and back. An inference setting.
+        gp_reuse_logits_growth: With a positive value `r`, a warm-started fit with the
+            GP predictive alone (``PFNModel``'s default) reuses the particles' weight
+            logits of the warm start's last network pass while its context has at most
+            `(1 + r)` times the rows that pass saw, and then needs no network pass
+            where every context is refined: the warm start already gives the particles,
+            and the logits are all the pass adds (0: a pass every fit). A BO loop's
+            chain of fits then runs the network about once per `r` relative growth of
+            its data. An inference setting.
         tokens: ``"rows"``: one token per data row, inputs zero-padded to
             `num_features` (:class:`~botorch_community.pfn.transformer.PFNTransformer`).
             ``"cells"``: one token per input dimension of each row plus one for its
@@ -140,6 +149,7 @@ class PFNConfig:
     gp_refine_min_per_dim: float = 0.0
     gp_refine_steps_per_ratio: float = 0.0
     gp_refine_warm_tol: float = 0.0
+    gp_reuse_logits_growth: float = 0.0
     tokens: str = "rows"
 
     def __post_init__(self) -> None:
@@ -217,6 +227,8 @@ class PFNConfig:
             out.pop("gp_refine_steps_per_ratio", None)
         if not self.gp_refine_warm_tol:
             out.pop("gp_refine_warm_tol", None)
+        if not self.gp_reuse_logits_growth:
+            out.pop("gp_reuse_logits_growth", None)
         if self.tokens == "rows":  # configs of row networks stay as they were
             out.pop("tokens")
         return out
@@ -280,14 +292,14 @@ _OPTION_FIELDS = {
     "gp_head": ("gp_particles", "gp_refine_steps", "gp_refine_min_context", "gp_refine_max_rows",
                 "gp_refine_warm_steps", "gp_constant_mean", "gp_refine_min_per_dim",
                 "gp_min_noise", "gp_refine_start_per_dim", "gp_refine_steps_per_ratio",
-                "gp_refine_warm_tol"),
+                "gp_refine_warm_tol", "gp_reuse_logits_growth"),
 }
 #: Fields that change predictions but not the weights.
 _INFERENCE_FIELDS = ("dropout", "max_context", "gp_refine_steps", "gp_refine_min_context",
                      "gp_refine_max_rows", "gp_refine_warm_steps", "gp_constant_mean",
                      "gp_refine_min_per_dim", "gp_min_noise",
                      "gp_refine_start_per_dim", "gp_refine_steps_per_ratio",
-                     "gp_refine_warm_tol")  # fmt: skip
+                     "gp_refine_warm_tol", "gp_reuse_logits_growth")  # fmt: skip
 
 #: Options a warm start can add to a trained network, with the prefixes (or, for
 #: per-layer parts, the infix) of the parameters they add. Each added part starts

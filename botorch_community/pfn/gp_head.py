@@ -60,6 +60,20 @@ REFINE_MIN_STEPS = 5
 PRUNE_WEIGHT = 1e-12
 
 
+class PriorLogits(NamedTuple):
+    r"""The particles' weight logits from a network pass, with the number of context
+    rows that pass saw: what a warm-started fit may reuse instead of a pass of its own
+    (``gp_reuse_logits_growth``).
+
+    Attributes:
+        logits: `b x J` logits (float64), in the network's particle order.
+        rows: The context rows of the pass.
+    """
+
+    logits: Tensor
+    rows: int
+
+
 @dataclass(eq=False)
 class GPFit:
     r"""The GP particles of a batch of contexts, fitted to their targets (float64).
@@ -82,6 +96,9 @@ class GPFit:
         matern_count: With the particles ordered Matérn first (:func:`_compact`), how
             many are Matérn (a host-side int, so predictions need no host sync to choose
             the kernels; e.g. under CUDA graph capture); None for any other order.
+        prior_logits: The weight logits the fit used (before the marginal likelihoods)
+            and the rows of the network pass they came from: a warm start for the next
+            fit, as `theta` is.
     """
 
     Z: Tensor
@@ -96,6 +113,7 @@ class GPFit:
     matern: Tensor
     theta: Tensor
     matern_count: Optional[int] = None
+    prior_logits: Optional[PriorLogits] = None
 
     def tensors(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, n) for n in _GPFIT_FIELDS)
@@ -182,7 +200,7 @@ def _compact(fit: GPFit) -> GPFit:
             if n not in ("observed", "theta"):  # `b x J ...` (matern: `1 x J x 1 x 1`)
                 fields[n] = fields[n].index_select(1, keep)
     fields["matern_count"] = int((keep_mask & is_m).sum())  # one host sync per fit
-    return GPFit(**fields)
+    return GPFit(**fields, prior_logits=fit.prior_logits)
 
 
 def _floored_log(q: Tensor) -> Tensor:
@@ -357,7 +375,7 @@ class GPHead(nn.Module):
 
     def fit(
         self,
-        token: Tensor,
+        token: Optional[Tensor],
         context_X: Tensor,
         context_Y: Tensor,
         refine_steps: int = 0,
@@ -369,12 +387,17 @@ class GPHead(nn.Module):
         min_noise: float = GP_MIN_NOISE,
         steps_per_ratio: float = 0.0,
         warm_tol: float = 0.0,
+        init_logits: Optional[PriorLogits] = None,
     ) -> Optional[GPFit]:
         r"""Fit the particles to a batch of contexts.
 
         Args:
             token: `b x e` final states of the context token (what :meth:`propose`
-                reads; `b x (d + 1) x e` for :class:`CellGPHead`).
+                reads; `b x (d + 1) x e` for :class:`CellGPHead`). None (no network
+                pass) needs `init_particles` and `init_logits`, and every context
+                refined (eval mode, `refine_steps > 0`, at least `refine_min_context`
+                observed targets): only a context left unrefined would need the
+                network's proposals.
             context_X: `b x n x d` inputs.
             context_Y: `b x n x 1` standardised targets (NaN: missing).
             refine_steps: Adam steps of marginal-likelihood ascent on the particles
@@ -414,6 +437,9 @@ class GPHead(nn.Module):
                 iteration's fit is usually there already; Adam's first steps, of
                 about its learning rate in every parameter whatever the gradient,
                 would only move it away and back.
+            init_logits: The particles' weight logits to use instead of the network's
+                (`b x J` or `1 x J`; those of an earlier fit's pass, see
+                :class:`PriorLogits`); recorded in the fit's ``prior_logits``.
 
         Returns:
             A :class:`GPFit`, or None for an empty context (`n = 0`).
@@ -422,11 +448,34 @@ class GPHead(nn.Module):
         if n == 0:
             return None
         f64 = torch.float64
-        with torch.autocast(token.device.type, enabled=False):
-            theta, logit = self.propose(token, d)  # `b x J x (d + 2)`, `b x J`
+        with torch.autocast(context_X.device.type, enabled=False):
             X = context_X.to(f64)
             y = context_Y.to(f64).squeeze(-1)  # `b x n`
             observed = (~torch.isnan(y)).to(f64)
+            if token is None:
+                if init_particles is None or init_logits is None:
+                    raise ValueError(
+                        "GPHead.fit without a context token (no network pass) needs "
+                        "init_particles and init_logits."
+                    )
+                if (self.training or refine_steps <= 0
+                        or not bool((observed.sum(-1) >= refine_min_context).all())):
+                    raise ValueError(
+                        "GPHead.fit without a context token needs every context refined "
+                        "(eval mode, refine_steps > 0, at least refine_min_context "
+                        "observed targets): an unrefined context keeps the network's "
+                        "proposals."
+                    )
+                theta = init_particles.to(f64).expand(b, -1, -1)
+                logit = init_logits.logits.to(theta).expand(b, -1)
+                prior = init_logits
+            else:
+                theta, logit = self.propose(token, d)  # `b x J x (d + 2)`, `b x J`
+                if init_logits is None:
+                    prior = PriorLogits(logit.detach(), n)
+                else:
+                    logit = init_logits.logits.to(theta).expand(b, -1)
+                    prior = init_logits
             y = torch.nan_to_num(y, nan=0.0)
             known = None if known_noise is None else known_noise.to(f64).reshape(b, n)
             conditioned = None  # `(parts, lml)` of `theta` on the context, once computed
@@ -459,7 +508,7 @@ class GPHead(nn.Module):
                 noise = torch.where(obs_known.unsqueeze(-1), typical.unsqueeze(-1), noise)
             log_w = torch.log_softmax(logit + lml, dim=-1)
             fit = GPFit(Z, inv_ls, os, noise, L, alpha, log_w, observed, mean,
-                        self._is_matern(X.device), theta.detach())  # fmt: skip
+                        self._is_matern(X.device), theta.detach(), prior_logits=prior)  # fmt: skip
             if not self.training:
                 fit = _compact(fit)
         return fit

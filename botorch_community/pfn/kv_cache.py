@@ -33,7 +33,9 @@ class KVCache:
             (the extra row is the network's learned context token); for a cells network
             (:class:`~botorch_community.pfn.cell_transformer.PFNCellTransformer`) one set
             per column, `batch_shape x (d + 1) x nhead x (n + 1) x head_dim`.
-        values: Same shapes as ``keys``.
+        values: Same shapes as ``keys``. Both empty where a warm start skipped the
+            network pass (``PFNTransformer.encode_context(..., network_states=False)``):
+            the cache then serves the GP head's predictive only.
         batch_shape: The batch shape of the context (e.g. `torch.Size([])` for a single
             training set shared by all test points).
         num_context: `n`, the number of training rows encoded (without the context token).
@@ -57,12 +59,18 @@ class KVCache:
         return len(self.keys)
 
     @property
+    def has_network_states(self) -> bool:
+        r"""Whether the cache holds the layers' keys/values (False: the GP head's fit
+        and the context inputs only, from a warm start that skipped the network)."""
+        return len(self.keys) > 0
+
+    @property
     def dtype(self) -> torch.dtype:
-        return self.keys[0].dtype
+        return (self.keys[0] if self.keys else self.context_X).dtype
 
     @property
     def device(self) -> torch.device:
-        return self.keys[0].device
+        return (self.keys[0] if self.keys else self.context_X).device
 
     def nbytes(self) -> int:
         r"""Memory held by the cached tensors, in bytes."""

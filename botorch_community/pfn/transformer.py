@@ -33,7 +33,7 @@ from torch import nn, Tensor
 from botorch_community.pfn.bar_distribution import bar_nll, bucket_index
 from botorch_community.pfn.config import PFNConfig, resolve_config
 from botorch_community.pfn.dtype_copies import DtypeCopies
-from botorch_community.pfn.gp_head import GPFit, GPHead, GPMixture
+from botorch_community.pfn.gp_head import GPFit, GPHead, GPMixture, PriorLogits
 from botorch_community.pfn.kv_cache import KVCache, to_cache_layout
 from botorch_community.pfn.layer import PFNLayer, SqDist
 
@@ -378,37 +378,63 @@ class PFNTransformer(nn.Module):
         context_Y: Tensor,
         context_Yvar: Optional[Tensor] = None,
         gp_init: Optional[Tensor] = None,
+        gp_logits: Optional[PriorLogits] = None,
     ) -> Optional[GPFit]:
-        r"""The GP head's fit to flattened contexts (`b x e`, `b x n x d`, `b x n x 1`,
-        known noise variances `b x n x 1` or None); None without the head or for an
-        empty context. `gp_init` (`b x J x (d + 2)`, or `1 x ...` for every context): a
-        warm start of the refinement (``gp_refine_warm_steps`` steps instead of
-        ``gp_refine_steps``)."""
+        r"""The GP head's fit to flattened contexts (`b x e` or None: see
+        :meth:`_skips_network`; `b x n x d`, `b x n x 1`, known noise variances
+        `b x n x 1` or None); None without the head or for an empty context. `gp_init`
+        (`b x J x (d + 2)`, or `1 x ...` for every context): a warm start of the
+        refinement (``gp_refine_warm_steps`` steps instead of ``gp_refine_steps``);
+        `gp_logits`: the particles' weight logits to use instead of the network's."""
         if not self.gp_head or context_X.shape[-2] == 0:
             return None
         c = self.config
         steps = c.gp_refine_steps
+        b = context_X.shape[0]
         if gp_init is not None and steps > 0:
             steps = c.gp_refine_warm_steps
-            if gp_init.shape[0] == 1 and token.shape[0] > 1:
-                gp_init = gp_init.expand(token.shape[0], *gp_init.shape[1:])
-        # from `gp_refine_start_per_dim` observations per input dimension (at least
-        # REFINE_START_MIN) where that is earlier than `gp_refine_min_context`, and at
-        # least `gp_refine_min_per_dim` observations per lengthscale to fit
-        d = context_X.shape[-1]
-        min_context = c.gp_refine_min_context
-        if c.gp_refine_start_per_dim > 0:
-            start = max(REFINE_START_MIN, math.ceil(c.gp_refine_start_per_dim * d))
-            min_context = min(min_context, start)
-        min_context = max(min_context, math.ceil(c.gp_refine_min_per_dim * d))
+            if gp_init.shape[0] == 1 and b > 1:
+                gp_init = gp_init.expand(b, *gp_init.shape[1:])
         return self.gp.fit(token, context_X, context_Y, steps,
-                           min_context, c.gp_refine_max_rows,
+                           self._refine_min_context(context_X.shape[-1]),
+                           c.gp_refine_max_rows,
                            known_noise=context_Yvar,
                            constant_mean=c.gp_constant_mean,
                            init_particles=gp_init,
                            min_noise=c.gp_min_noise,
                            steps_per_ratio=c.gp_refine_steps_per_ratio,
-                           warm_tol=c.gp_refine_warm_tol)  # fmt: skip
+                           warm_tol=c.gp_refine_warm_tol,
+                           init_logits=gp_logits)  # fmt: skip
+
+    def _refine_min_context(self, d: int) -> int:
+        r"""The observed targets from which a context of `d` inputs is refined: from
+        ``gp_refine_start_per_dim`` per input dimension (at least REFINE_START_MIN)
+        where that is earlier than ``gp_refine_min_context``, and at least
+        ``gp_refine_min_per_dim`` per lengthscale to fit."""
+        c = self.config
+        min_context = c.gp_refine_min_context
+        if c.gp_refine_start_per_dim > 0:
+            start = max(REFINE_START_MIN, math.ceil(c.gp_refine_start_per_dim * d))
+            min_context = min(min_context, start)
+        return max(min_context, math.ceil(c.gp_refine_min_per_dim * d))
+
+    def _skips_network(
+        self,
+        context_Y: Tensor,
+        d: int,
+        gp_init: Optional[Tensor],
+        gp_logits: Optional[PriorLogits],
+    ) -> bool:
+        r"""Whether the GP head can fit the contexts (`b x n x 1` targets, `d` inputs)
+        without a network pass: a warm start with given logits, in eval mode, where every context
+        is refined (a context left unrefined keeps the network's proposals)."""
+        c = self.config
+        if (gp_init is None or gp_logits is None or not self.gp_head or self.training
+                or c.gp_refine_steps <= 0 or c.gp_refine_warm_steps <= 0
+                or context_Y.shape[-2] == 0):  # fmt: skip
+            return False
+        observed = (~torch.isnan(context_Y)).sum(-2)  # `b x 1`
+        return bool((observed >= self._refine_min_context(d)).all())
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:
@@ -441,6 +467,7 @@ class PFNTransformer(nn.Module):
         gp_borders: Optional[Tensor] = None,
         gp_observation_noise: bool = True,
         gp_init: Optional[Tensor] = None,
+        gp_logits: Optional[PriorLogits] = None,
     ) -> Tensor:
         r"""Logits of the predictive bar distribution at `test_X` (or, given `test_Y`,
         the NLL of those targets: the training loss).
@@ -463,8 +490,9 @@ class PFNTransformer(nn.Module):
                 :meth:`predict`).
             gp_observation_noise: With `gp_borders`: the mixture of noisy targets
                 (True) or of the latent function.
-            gp_init: A warm start of the GP head's refinement (see
-                :meth:`encode_context`; ignored when `kv_cache` is given).
+            gp_init, gp_logits: A warm start of the GP head's refinement and the
+                particles' weight logits (see :meth:`encode_context`; ignored when
+                `kv_cache` is given).
 
         Returns:
             `b x m x num_buckets` logits, or with `test_Y` the `b x m` NLLs.
@@ -473,7 +501,8 @@ class PFNTransformer(nn.Module):
             if test_Y is not None:
                 raise ValueError("test_Y (the training loss) needs the reference path.")
             return self.predict(test_X, kv_cache, gp_borders, gp_observation_noise)
-        h, fit, qX, batch_shape = self._reference_pass(train_X, train_Y, test_X, train_Yvar, gp_init)
+        h, fit, qX, batch_shape = self._reference_pass(train_X, train_Y, test_X, train_Yvar,
+                                                       gp_init, gp_logits)  # fmt: skip
         m = qX.shape[-2]
         if test_Y is None:
             if gp_borders is not None and fit is not None:
@@ -489,6 +518,7 @@ class PFNTransformer(nn.Module):
         test_X: Tensor,
         train_Yvar: Optional[Tensor],
         gp_init: Optional[Tensor],
+        gp_logits: Optional[PriorLogits] = None,
     ) -> tuple[Tensor, Optional[GPFit], Tensor, torch.Size]:
         r"""Training and test tokens through the layers together (the reference path).
 
@@ -513,7 +543,7 @@ class PFNTransformer(nn.Module):
         cX, cY, qX = train_X.reshape(b, n, d), train_Y.reshape(b, n, 1), test_X.reshape(b, m, d)
         token, h, _, _ = self._run_layers(h, cX, qX)
         cYvar = None if train_Yvar is None else train_Yvar.reshape(b, n, 1)
-        fit = self._fit_gp(token, cX, cY, cYvar, gp_init)
+        fit = self._fit_gp(token, cX, cY, cYvar, gp_init, gp_logits)
         return h, fit, query_X.reshape(b, m, d), batch_shape
 
     def gp_mixture(
@@ -525,6 +555,7 @@ class PFNTransformer(nn.Module):
         train_Yvar: Optional[Tensor] = None,
         observation_noise: bool = True,
         gp_init: Optional[Tensor] = None,
+        gp_logits: Optional[PriorLogits] = None,
     ) -> GPMixture:
         r"""The GP head's predictive at `test_X`: a Gaussian mixture per point.
 
@@ -532,8 +563,8 @@ class PFNTransformer(nn.Module):
         (the context re-encoded with every test batch element, as :meth:`forward`).
 
         Args:
-            train_X, train_Y, train_Yvar, gp_init: As for :meth:`forward` (ignored
-                with `kv_cache`).
+            train_X, train_Y, train_Yvar, gp_init, gp_logits: As for :meth:`forward`
+                (ignored with `kv_cache`).
             test_X: `b x m x d` (any batch shape with `kv_cache`).
             kv_cache: An encoded context from :meth:`encode_context`.
             observation_noise: The mixture of noisy targets (True) or of the latent
@@ -545,7 +576,8 @@ class PFNTransformer(nn.Module):
         """
         if kv_cache is not None:
             return self.predict_gp_mixture(test_X, kv_cache, observation_noise)
-        _, fit, qX, batch_shape = self._reference_pass(train_X, train_Y, test_X, train_Yvar, gp_init)
+        _, fit, qX, batch_shape = self._reference_pass(train_X, train_Y, test_X, train_Yvar,
+                                                       gp_init, gp_logits)  # fmt: skip
         if fit is None:
             raise ValueError(_NO_GP_FIT)
         mix = self.gp.mixture(fit, qX, observation_noise)  # on the network's device
@@ -650,6 +682,8 @@ class PFNTransformer(nn.Module):
         train_Y: Tensor,
         train_Yvar: Optional[Tensor] = None,
         gp_init: Optional[Tensor] = None,
+        gp_logits: Optional[PriorLogits] = None,
+        network_states: bool = True,
     ) -> KVCache:
         r"""Run the training context through the network once.
 
@@ -664,20 +698,31 @@ class PFNTransformer(nn.Module):
                 networks with ``noise_hint``.
             gp_init: Raw GP particles to warm-start the GP head's refinement from (the
                 ``theta`` of an earlier fit, `prod(batch_shape) x J x (d + 2)`).
+            gp_logits: The particles' weight logits to use instead of the network's
+                (an earlier fit's ``prior_logits``, with `gp_init`).
+            network_states: Whether the cache must hold the layers' keys/values (for
+                the network's own predictions: :meth:`predict`, :meth:`extend_context`).
+                With False, a warm start with `gp_logits` whose every context is refined
+                skips the network pass: the cache then holds the GP head's fit and the
+                context inputs only (the GP head's predictive, :meth:`predict_gp_mixture`,
+                needs nothing else).
 
         Returns:
-            A :class:`KVCache` with per-layer keys/values of the `n + 1` context tokens.
+            A :class:`KVCache` with per-layer keys/values of the `n + 1` context tokens
+            (none where the pass was skipped: ``has_network_states`` is False).
         """
         train_X, train_Y = self._cast(train_X, train_Y)
-        h = self.encode_train(train_X, train_Y, train_Yvar)  # `batch x (n+1) x e`
-        r = self._ROW_DIM
-        batch_shape, (n, d) = h.shape[:r], train_X.shape[-2:]
-        h = h.reshape(-1, *h.shape[r:])
-        b = h.shape[0]
-        cX = train_X.reshape(b, n, d)
-        token, _, keys, values = self._run_layers(h, cX)
+        batch_shape, (n, d) = train_X.shape[:-2], train_X.shape[-2:]
+        b = math.prod(batch_shape)
+        cX, cY = train_X.reshape(b, n, d), train_Y.reshape(b, n, 1)
         cYvar = None if train_Yvar is None else train_Yvar.reshape(b, n, 1)
-        fit = self._fit_gp(token, cX, train_Y.reshape(b, n, 1), cYvar, gp_init)
+        if not network_states and self._skips_network(cY, d, gp_init, gp_logits):
+            fit = self._fit_gp(None, cX, cY, cYvar, gp_init, gp_logits)
+            return self._make_cache([], [], batch_shape, cX, fit)
+        h = self.encode_train(train_X, train_Y, train_Yvar)  # `batch x (n+1) x e`
+        h = h.reshape(-1, *h.shape[self._ROW_DIM :])
+        token, _, keys, values = self._run_layers(h, cX)
+        fit = self._fit_gp(token, cX, cY, cYvar, gp_init, gp_logits)
         return self._make_cache(keys, values, batch_shape, cX, fit)
 
     def extend_context(
@@ -726,6 +771,7 @@ class PFNTransformer(nn.Module):
         first_kv = None
         if (
             base_cache is not None
+            and base_cache.has_network_states
             and base_cache.batch_shape == torch.Size([])
             and base_cache.num_context == ctx_X.shape[-2]
         ):
@@ -787,6 +833,12 @@ class PFNTransformer(nn.Module):
             `broadcast(test_batch_shape, cache_batch_shape) x m x num_buckets` logits
             (`K'` buckets with `gp_borders`).
         """
+        if not kv_cache.has_network_states:
+            raise ValueError(
+                "This KVCache holds only the GP head's fit (encoded with "
+                "network_states=False); the network's predictions need a cache encoded "
+                "with network_states=True."
+            )
         if kv_cache.num_layers != len(self.layers):
             raise RuntimeError("This KVCache was computed by a different network.")
         raw_X = test_X  # the GP head's queries: not rounded to the network's dtype

@@ -2,6 +2,7 @@
 r"""PFNModel / MultivariatePFNModel: cached == reference, staleness, sharing, copula."""
 
 import copy
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -563,6 +564,125 @@ def test_warm_start_errors():
         PFNModel(X[:, :2], Y, model=net, warm_start=prev)
     with pytest.raises(TypeError, match="PFNModel"):
         PFNModel(X, Y, model=net, warm_start="previous")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_warm_start_reuses_the_logits_and_skips_the_network_exactly(monkeypatch, shape):
+    r"""With ``gp_reuse_logits_growth`` a warm-started fit with the GP predictive reuses
+    the particle weight logits of the last network pass while its context has grown by
+    at most that fraction, and then runs no network pass: the cache holds the GP head's
+    fit only, equal to the fit with a network pass and the same logits, and cached and
+    reference paths agree (values and gradients). Past the growth the network runs
+    again and the logits are its own."""
+    from botorch_community.pfn.transformer import PFNTransformer
+
+    net = _gp_net(gp_refine_min_context=5, gp_reuse_logits_growth=0.25)
+    X, Y = _data(n=16, dtype=torch.float64)
+    passes = []
+    run_layers = PFNTransformer._run_layers
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return run_layers(self, *args, **kwargs)
+
+    monkeypatch.setattr(PFNTransformer, "_run_layers", counted)
+    Xq = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    prev = PFNModel(X[:8], Y[:8], model=net)
+    with prev.cache_training_context():
+        prev.posterior(Xq.detach())
+    assert prev.fitted_prior_logits.rows == 8
+    # 9 and 10 rows: at most 1.25 x 8; 11: a pass (rows 11); 12, 13: at most 1.25 x 11
+    for n, skips, rows in [(9, True, 8), (10, True, 8), (11, False, 11), (12, True, 11)]:
+        models = [PFNModel(X[:n], Y[:n], model=net, warm_start=prev, cache_context=c)
+                  for c in (True, False)]  # fmt: skip
+        outs = []
+        for m in models:
+            passes.clear()
+            with m.cache_training_context() if m.cache_context else nullcontext():
+                post = m.posterior(Xq)
+                (g,) = torch.autograd.grad(post.mean.sum(), Xq)
+                outs.append((post.mean.detach(), post.variance.detach(), g))
+                if m.cache_context:
+                    assert m.kv_cache.has_network_states is not skips
+                    assert (len(passes) == 0) is skips
+                    assert m.fitted_prior_logits.rows == rows
+                    logits = m.fitted_prior_logits.logits
+                    if skips:  # the warm start's, as given
+                        torch.testing.assert_close(logits, prev.fitted_prior_logits.logits)
+                        # the same fit as with a network pass and those logits
+                        ctx = m._context(None, False)
+                        full = net.encode_context(ctx.X, ctx.Y, gp_init=m._gp_init,
+                                                  gp_logits=m._gp_logits())  # fmt: skip
+                        for a, b in zip(full.gp_fit.tensors(), m.kv_cache.gp_fit.tensors()):
+                            torch.testing.assert_close(a, b, atol=0, rtol=0)
+                    prev_next = m
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, atol=ATOL * a.abs().max().clamp_min(1), rtol=0)
+        prev = prev_next
+
+
+def test_reused_logits_errors_and_network_paths():
+    from botorch_community.pfn.gp_head import PriorLogits
+
+    net = _gp_net(gp_refine_min_context=5, gp_reuse_logits_growth=0.25)
+    X, Y = _data(n=12, dtype=torch.float64)
+    prev = PFNModel(X[:-1], Y[:-1], model=net)
+    with prev.cache_training_context():
+        prev.posterior(X[:1].unsqueeze(1))
+    m = PFNModel(X, Y, model=net, warm_start=prev)
+    with m.cache_training_context():
+        m.posterior(X[:1].unsqueeze(1))
+        cache = m.kv_cache
+        assert not cache.has_network_states and cache.dtype == cache.context_X.dtype
+        assert cache.device == X.device
+        # the network's own predictions need its keys/values: refused, named
+        with pytest.raises(ValueError, match="network_states=True"):
+            net.predict(X[:2].unsqueeze(1), cache)
+    # the network's output ("mixture") never reuses logits: its fit is the network's
+    mix = PFNModel(X, Y, model=net, warm_start=prev, predictive="mixture")
+    assert mix._gp_logits() is None
+    with pytest.raises(ValueError, match="prior_logits"):
+        m.warm_start_from(prev.fitted_particles, PriorLogits(torch.zeros(1, 3), 5))
+    with pytest.raises(ValueError, match="prior_logits"):
+        m.warm_start_from(None, prev.fitted_prior_logits)
+    with pytest.raises(ValueError, match="init_particles and init_logits"):
+        net.gp.fit(None, X.unsqueeze(0), Y.unsqueeze(0), 3, 5)
+
+
+def test_shipped_network_reuses_logits_within_hundredths_of_fresh_ones():
+    r"""The shipped network reuses a warm start's logits for 10% context growth
+    (``gp_reuse_logits_growth = 0.1``); at the end of that growth the predictive is
+    within a few hundredths of a standard deviation of the one with the network's fresh
+    logits (the logits move by about 0.16 over six rows at n = 60)."""
+    from botorch.test_functions import Hartmann
+
+    from botorch_community.pfn.networks import load_network
+
+    f = Hartmann(dim=6, negate=True)
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(66, 6, generator=g, dtype=torch.float64)
+    Y = f(X).unsqueeze(-1)
+    Xt = torch.rand(300, 1, 6, generator=g, dtype=torch.float64)
+    net = copy.copy(load_network("default"))  # (its config is replaced below)
+    assert net.config.gp_reuse_logits_growth == 0.1
+    prev = None
+    for n in range(60, 66):  # a pass at 60 rows, then 61-65 reuse its logits
+        prev = PFNModel(X[:n], Y[:n], model=net, warm_start=prev)
+        with prev.cache_training_context():
+            prev.posterior(Xt[:1])
+            assert prev.kv_cache.has_network_states is (n == 60)
+    reuse = PFNModel(X, Y, model=net, warm_start=prev)
+    with reuse.cache_training_context(), torch.no_grad():
+        p_reuse = reuse.posterior(Xt)
+        assert not reuse.kv_cache.has_network_states
+    net.config = net.config.replace(gp_reuse_logits_growth=0.0)
+    fresh = PFNModel(X, Y, model=net, warm_start=prev)
+    with fresh.cache_training_context(), torch.no_grad():
+        p_fresh = fresh.posterior(Xt)
+        assert fresh.kv_cache.has_network_states
+    s = Y.std()
+    assert float((p_reuse.mean - p_fresh.mean).abs().max() / s) < 0.05
+    assert float((p_reuse.variance.sqrt() - p_fresh.variance.sqrt()).abs().max() / s) < 0.05
 
 
 def test_warm_start_with_the_shipped_network_is_close_to_a_cold_refinement():
