@@ -11,12 +11,15 @@ checkpoint (``--compare``, e.g. the stage-5 files from git) to time it in the sa
 ``--warm-chain`` times instead what a BO loop pays per iteration: the warm-started encode of
 `n` rows from the previous iteration's model at the end of a chain of warm-started fits
 (one row added each, Hartmann-6 at random points), with the shipped
-``gp_refine_warm_tol`` and with 0 (always ``gp_refine_warm_steps`` steps), interleaved.
+``gp_refine_warm_tol`` and with 0 (always ``gp_refine_warm_steps`` steps), each its own
+chain (``--setting gp_reuse_logits_growth``: the logits reuse at its shipped value and off,
+so the network runs once per 10% growth or every fit).
 
 Usage::
 
     .venv/bin/python benchmarks/gp_head_cost.py [--checkpoint PATH] [--compare PATH]
-    .venv/bin/python benchmarks/gp_head_cost.py --warm-chain [--ns 50 100 200]
+    .venv/bin/python benchmarks/gp_head_cost.py --warm-chain [--ns 50 100 200] \
+        [--setting gp_reuse_logits_growth]
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ def time_network(net, label: str, ns, d: int = 6, points: int = 512) -> None:
               f"{1000 * calls[len(calls) // 2]:.0f} ms |", flush=True)
 
 
-def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
-    r"""Warm encodes along a chain of BO-like fits, for the shipped warm tolerance and 0."""
+def time_warm_chain(net, ns, chain: int = 30, timed: int = 10,
+                    setting: str = "gp_refine_warm_tol") -> None:
+    r"""Warm encodes along a chain of BO-like fits, with the shipped value of the
+    inference `setting` and with 0; the median and mean over the `timed` fits."""
     import statistics
     import warnings
 
@@ -68,7 +73,7 @@ def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
     from botorch_community.pfn import gp_head
 
     f, shipped = Hartmann(dim=6, negate=True), net.config
-    tols = [shipped.gp_refine_warm_tol, 0.0]
+    tols = [getattr(shipped, setting), 0.0]
     steps = [0]  # refinement steps so far (conditionings with gradients)
     inner = gp_head.GPHead._condition
 
@@ -76,8 +81,8 @@ def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
         steps[0] += bool(k.get("with_grad"))
         return inner(self, *a, **k)
 
-    print(f"| n | warm encode, gp_refine_warm_tol = {tols[0]:g} | steps | with 0 | steps | "
-          "ratio |\n|---|---|---|---|---|---|")
+    print(f"| n | warm encode (median / mean), {setting} = {tols[0]:g} | steps | with 0 | "
+          "steps | ratio of means |\n|---|---|---|---|---|---|")
     gp_head.GPHead._condition = counted
     try:
         for n in ns:
@@ -86,7 +91,7 @@ def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
             Y = f(X).unsqueeze(-1)
             out = {t: ([], []) for t in tols}
             for tol in tols:  # each its own chain: n - chain rows fresh, then warm fits
-                net.config = shipped.replace(gp_refine_warm_tol=tol)
+                net.config = shipped.replace(**{setting: tol})
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     last = steps[0]
@@ -96,9 +101,11 @@ def time_warm_chain(net, ns, chain: int = 30, timed: int = 10) -> None:
                             out[tol][1].append(steps[0] - last)
                         last = steps[0]
             (a, sa), (b, sb) = out[tols[0]], out[0.0]
-            ma, mb = statistics.median(a), statistics.median(b)
-            print(f"| {n}-{n + timed - 1} | {1000 * ma:.0f} ms | {statistics.mean(sa):.1f} | "
-                  f"{1000 * mb:.0f} ms | {statistics.mean(sb):.1f} | {ma / mb:.2f}x |", flush=True)
+            ma, mb = statistics.mean(a), statistics.mean(b)
+            print(f"| {n}-{n + timed - 1} | {1000 * statistics.median(a):.0f} / {1000 * ma:.0f} "
+                  f"ms | {statistics.mean(sa):.1f} | {1000 * statistics.median(b):.0f} / "
+                  f"{1000 * mb:.0f} ms | {statistics.mean(sb):.1f} | {ma / mb:.2f}x |",
+                  flush=True)  # fmt: skip
     finally:
         gp_head.GPHead._condition = inner
         net.config = shipped
@@ -113,12 +120,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warm-chain", action="store_true",
                    help="time warm-started encodes along a BO-like chain of fits")
+    p.add_argument("--setting", default="gp_refine_warm_tol",
+                   choices=["gp_refine_warm_tol", "gp_reuse_logits_growth"],
+                   help="with --warm-chain: the inference setting timed at its shipped "
+                        "value and at 0")
     args = p.parse_args()
     C.set_threads(args.threads)
     from botorch_community.pfn import load_pretrained
 
     if args.warm_chain:
-        time_warm_chain(load_pretrained(args.checkpoint), args.ns)
+        time_warm_chain(load_pretrained(args.checkpoint), args.ns, setting=args.setting)
         return
 
     print("| network | n | encode + fit | LogEI value + grad, 512 points |\n|---|---|---|---|")
