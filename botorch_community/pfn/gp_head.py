@@ -458,8 +458,7 @@ class GPHead(nn.Module):
                         "GPHead.fit without a context token (no network pass) needs "
                         "init_particles and init_logits."
                     )
-                if (self.training or refine_steps <= 0
-                        or not bool((observed.sum(-1) >= refine_min_context).all())):
+                if not self.refines_every_context(context_Y, refine_steps, refine_min_context):
                     raise ValueError(
                         "GPHead.fit without a context token needs every context refined "
                         "(eval mode, refine_steps > 0, at least refine_min_context "
@@ -467,15 +466,13 @@ class GPHead(nn.Module):
                         "proposals."
                     )
                 theta = init_particles.to(f64).expand(b, -1, -1)
-                logit = init_logits.logits.to(theta).expand(b, -1)
-                prior = init_logits
             else:
                 theta, logit = self.propose(token, d)  # `b x J x (d + 2)`, `b x J`
-                if init_logits is None:
-                    prior = PriorLogits(logit.detach(), n)
-                else:
-                    logit = init_logits.logits.to(theta).expand(b, -1)
-                    prior = init_logits
+            if init_logits is None:
+                prior = PriorLogits(logit.detach(), n)
+            else:
+                logit = init_logits.logits.to(theta).expand(b, -1)
+                prior = init_logits
             y = torch.nan_to_num(y, nan=0.0)
             known = None if known_noise is None else known_noise.to(f64).reshape(b, n)
             conditioned = None  # `(parts, lml)` of `theta` on the context, once computed
@@ -512,6 +509,18 @@ class GPHead(nn.Module):
             if not self.training:
                 fit = _compact(fit)
         return fit
+
+    def refines_every_context(
+        self, context_Y: Tensor, refine_steps: int, refine_min_context: int
+    ) -> bool:
+        r"""Whether :meth:`fit` refines every context of `context_Y` (`b x n x 1`, NaN:
+        missing) with these settings: eval mode, `refine_steps > 0` and at least
+        `refine_min_context` observed targets in each (:meth:`_refine`'s test). Only then
+        can a fit do without the network's proposals (a warm start without a pass)."""
+        if self.training or refine_steps <= 0:
+            return False
+        observed = (~torch.isnan(context_Y)).sum(-2)  # `b x 1`
+        return bool((observed >= refine_min_context).all())
 
     def _init_proposal(self, emsize: int) -> None:
         r"""The map from the context token to the particles (read by :meth:`propose`)."""

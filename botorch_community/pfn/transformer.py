@@ -389,13 +389,10 @@ class PFNTransformer(nn.Module):
         if not self.gp_head or context_X.shape[-2] == 0:
             return None
         c = self.config
-        steps = c.gp_refine_steps
         b = context_X.shape[0]
-        if gp_init is not None and steps > 0:
-            steps = c.gp_refine_warm_steps
-            if gp_init.shape[0] == 1 and b > 1:
-                gp_init = gp_init.expand(b, *gp_init.shape[1:])
-        return self.gp.fit(token, context_X, context_Y, steps,
+        if gp_init is not None and gp_init.shape[0] == 1 and b > 1:
+            gp_init = gp_init.expand(b, *gp_init.shape[1:])
+        return self.gp.fit(token, context_X, context_Y, self._refine_steps(gp_init),
                            self._refine_min_context(context_X.shape[-1]),
                            c.gp_refine_max_rows,
                            known_noise=context_Yvar,
@@ -405,6 +402,14 @@ class PFNTransformer(nn.Module):
                            steps_per_ratio=c.gp_refine_steps_per_ratio,
                            warm_tol=c.gp_refine_warm_tol,
                            init_logits=gp_logits)  # fmt: skip
+
+    def _refine_steps(self, gp_init: Optional[Tensor]) -> int:
+        r"""The refinement's steps: ``gp_refine_warm_steps`` from a warm start
+        (`gp_init`), else ``gp_refine_steps`` (0: no refinement either way)."""
+        c = self.config
+        if gp_init is not None and c.gp_refine_steps > 0:
+            return c.gp_refine_warm_steps
+        return c.gp_refine_steps
 
     def _refine_min_context(self, d: int) -> int:
         r"""The observed targets from which a context of `d` inputs is refined: from
@@ -426,15 +431,12 @@ class PFNTransformer(nn.Module):
         gp_logits: Optional[PriorLogits],
     ) -> bool:
         r"""Whether the GP head can fit the contexts (`b x n x 1` targets, `d` inputs)
-        without a network pass: a warm start with given logits, in eval mode, where every context
-        is refined (a context left unrefined keeps the network's proposals)."""
-        c = self.config
-        if (gp_init is None or gp_logits is None or not self.gp_head or self.training
-                or c.gp_refine_steps <= 0 or c.gp_refine_warm_steps <= 0
-                or context_Y.shape[-2] == 0):  # fmt: skip
+        without a network pass: a warm start with given logits, where the GP head refines
+        every context (a context left unrefined keeps the network's proposals)."""
+        if gp_init is None or gp_logits is None or not self.gp_head or context_Y.shape[-2] == 0:
             return False
-        observed = (~torch.isnan(context_Y)).sum(-2)  # `b x 1`
-        return bool((observed >= self._refine_min_context(d)).all())
+        return self.gp.refines_every_context(context_Y, self._refine_steps(gp_init),
+                                             self._refine_min_context(d))  # fmt: skip
 
     # ---------------------------------------------------------------- output head
     def _output_logits(self, h: Tensor, fit: Optional[GPFit], query_X: Tensor) -> Tensor:
