@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from end_to_end import WARM_CHAIN, make_objective, parse_setting  # noqa: E402
+from end_to_end import WARM_CHAIN, counting, make_objective, parse_setting  # noqa: E402
 
 #: Steps of the smoothness scan along a line (unit-cube units).
 SCAN_STEP = 1e-6
@@ -125,26 +125,20 @@ def run(args) -> dict:
     for name, (acqf, pfn) in surrogates.items():
         ctx = pfn.cache_training_context() if pfn is not None else contextlib.nullcontext()
         with ctx:
-            calls = [0]
-            forward = acqf.forward
-
-            def counted(Xq, forward=forward, calls=calls):
-                calls[0] += 1
-                return forward(Xq)
-
-            acqf.forward = counted
+            counts = dict(calls=0, grad_calls=0, points=0)
+            counting(acqf, counts)
             torch.manual_seed(args.seed)
             t0 = time.perf_counter()
             cand, _ = optimize_acqf(acqf, **opt)
             seconds = time.perf_counter() - t0
-            acqf.forward = forward
+            calls = counts["calls"]  # (the calls below are not optimize_acqf's)
             torch.manual_seed(args.seed)
             ics = gen_batch_initial_conditions(acqf, bounds, q=1, num_restarts=restarts,
                                                raw_samples=raw)
             rs = per_restart_lbfgsb(acqf, ics, d)
             best = max(rs, key=lambda r: r["value"])
             slowest = max(rs, key=lambda r: r["evaluations"])
-            m = dict(optimize_acqf_calls=calls[0], optimize_acqf_s=seconds,
+            m = dict(optimize_acqf_calls=calls, optimize_acqf_s=seconds,
                      restarts=[{k: v for k, v in r.items() if k != "trace"} for r in rs],
                      slowest_trace_gap=[t - slowest["value"] for t in slowest["trace"]],
                      smoothness=smoothness(acqf, cand.view(1, d), d, args.seed),
